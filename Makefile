@@ -1,0 +1,45 @@
+# kubedistill — run `make help` for the targets. Every target that needs Python sets up .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first, pinned, so that pip never resolves a multi-GB build of its own choosing.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Meta's reference DINOv2 code, used only by the teacher parity test; its metadata pins torch 2.0 and
+# xformers, so it is installed without dependencies (the model code needs only torch).
+DINOV2_REF ?= dinov2==0.0.1.dev2
+SETUP_STAMP := $(VENV)/.stamp-setup
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-slow lint demo bench-train clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(SETUP_STAMP) ## Create/update .venv with the project and its test extras (quick when nothing changed)
+
+$(SETUP_STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(DINOV2_REF)
+	@touch $@
+
+test: setup ## Run the test suite (slow tests excluded)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup ## Run only the slow tests
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup ## Lint with the pinned ruff
+	$(VENV)/bin/ruff check src tests benchmarks
+
+demo: setup ## Distill on a built-in image set (scikit-learn's digits) and print where the outputs are
+	$(PY) -m kubedistill.demo
+
+bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
+	$(PY) benchmarks/train_speed.py
+
+clean: ## Remove build outputs and the demo's output (keeps .venv)
+	rm -rf out build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from kubedistill.cli import main
+
+raise SystemExit(main())

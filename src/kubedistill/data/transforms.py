@@ -1,0 +1,597 @@
+"""Augmentations of the distillation method, and the deterministic transform used to extract features.
+
+The parameters are dataclasses whose field names and defaults are exactly LightlyTrain's "Default Augmentation
+Settings" for distillation (``DistillationTransformArgs().to_dict()`` reproduces that JSON), so a user's
+``transform_args`` override reads the same in both tools.
+
+Transforms take the uint8 tensors of ``kubedistill.data.images`` and use torchvision.transforms.v2 kernels on
+them: the random crop and resize run first, so every later op works on the small output image. All randomness
+comes from torch's global RNG, which DataLoader seeds per worker: runs are reproducible under
+``torch.manual_seed`` and workers do not repeat each other's augmentations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from kubedistill.errors import ConfigError
+
+__all__ = [
+    "ColorJitterArgs",
+    "DistillationTransform",
+    "DistillationTransformArgs",
+    "EvalTransform",
+    "GaussianBlurArgs",
+    "NormalizeArgs",
+    "RandomFlipArgs",
+    "RandomResizeArgs",
+    "RandomRotationArgs",
+    "SolarizeArgs",
+]
+
+# Aspect-ratio range of the random resized crop (the usual Inception-style crop).
+CROP_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ColorJitterArgs:
+    """Colour jitter, applied with probability ``prob``; each range is multiplied by ``strength``."""
+
+    prob: float = 0.8
+    strength: float = 0.5
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.4
+    hue: float = 0.2
+
+    def validate(self, path: str) -> list[str]:
+        problems = _check_probability(self.prob, f"{path}.prob")
+        for name in ("strength", "brightness", "contrast", "saturation", "hue"):
+            problems += _check_non_negative(getattr(self, name), f"{path}.{name}")
+        if self.hue * self.strength > 0.5:
+            problems.append(
+                f"{path}: hue x strength = {self.hue * self.strength:g} shifts hue by more than half a turn; "
+                "keep it at most 0.5"
+            )
+        return problems
+
+
+@dataclass
+class GaussianBlurArgs:
+    """Gaussian blur with probability ``prob`` and sigma ~ U(sigmas) in pixels.
+
+    ``blur_limit`` 0 derives the kernel size from sigma (OpenCV's rule for uint8: round(6 sigma + 1) made odd);
+    an odd ``blur_limit`` >= 3 draws the kernel size uniformly from the odd sizes in [3, blur_limit].
+    """
+
+    prob: float = 1.0
+    sigmas: tuple[float, float] = (0.0, 0.1)
+    blur_limit: int = 0
+
+    def validate(self, path: str) -> list[str]:
+        problems = _check_probability(self.prob, f"{path}.prob")
+        low, high = self.sigmas
+        if not 0 <= low <= high:
+            problems.append(f"{path}.sigmas: {list(self.sigmas)} must be [low, high] with 0 <= low <= high")
+        if self.blur_limit != 0 and (self.blur_limit < 3 or self.blur_limit % 2 == 0):
+            problems.append(
+                f"{path}.blur_limit: {self.blur_limit} must be 0 (size from sigma) or odd and >= 3"
+            )
+        return problems
+
+
+@dataclass
+class NormalizeArgs:
+    """Per-channel mean and standard deviation of [0, 1] RGB values (ImageNet's by default)."""
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def validate(self, path: str) -> list[str]:
+        if all(s > 0 for s in self.std):
+            return []
+        return [f"{path}.std: {list(self.std)} has a value <= 0; every standard deviation must be positive"]
+
+
+@dataclass
+class RandomFlipArgs:
+    """Left-right flip with ``horizontal_prob`` and upside-down flip with ``vertical_prob``."""
+
+    horizontal_prob: float = 0.5
+    vertical_prob: float = 0.0
+
+    def validate(self, path: str) -> list[str]:
+        return _check_probability(self.horizontal_prob, f"{path}.horizontal_prob") + _check_probability(
+            self.vertical_prob, f"{path}.vertical_prob"
+        )
+
+
+@dataclass
+class RandomResizeArgs:
+    """Random resized crop covering a fraction in [min_scale, max_scale] of the image area."""
+
+    min_scale: float = 0.14
+    max_scale: float = 1.0
+
+    def validate(self, path: str) -> list[str]:
+        problems = []
+        for name in ("min_scale", "max_scale"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                problems.append(f"{path}.{name}: {value} must be in (0, 1] (a fraction of the image area)")
+        if self.min_scale > self.max_scale:
+            problems.append(
+                f"{path}: min_scale ({self.min_scale}) is larger than max_scale ({self.max_scale}); "
+                "make min_scale <= max_scale"
+            )
+        return problems
+
+
+@dataclass
+class RandomRotationArgs:
+    """Rotation by an angle ~ U(-degrees, degrees), applied with probability ``prob`` (bilinear, black fill)."""
+
+    prob: float
+    degrees: float
+
+    def validate(self, path: str) -> list[str]:
+        return _check_probability(self.prob, f"{path}.prob") + _check_non_negative(
+            self.degrees, f"{path}.degrees"
+        )
+
+
+@dataclass
+class SolarizeArgs:
+    """Inverts pixels at or above ``threshold`` (a fraction of 255), applied with probability ``prob``."""
+
+    prob: float
+    threshold: float
+
+    def validate(self, path: str) -> list[str]:
+        problems = _check_probability(self.prob, f"{path}.prob")
+        if not 0 <= self.threshold <= 1:
+            problems.append(f"{path}.threshold: {self.threshold} must be in [0, 1] (a fraction of 255)")
+        return problems
+
+
+@dataclass
+class DistillationTransformArgs:
+    """All augmentation parameters of the distillation method. Optional blocks are off when None."""
+
+    image_size: tuple[int, int] = (224, 224)
+    random_resize: RandomResizeArgs = field(default_factory=RandomResizeArgs)
+    random_flip: RandomFlipArgs = field(default_factory=RandomFlipArgs)
+    random_rotation: RandomRotationArgs | None = None
+    color_jitter: ColorJitterArgs = field(default_factory=ColorJitterArgs)
+    random_gray_scale: float = 0.2
+    gaussian_blur: GaussianBlurArgs = field(default_factory=GaussianBlurArgs)
+    solarize: SolarizeArgs | None = None
+    normalize: NormalizeArgs = field(default_factory=NormalizeArgs)
+
+    def validate(self, path: str = "transform_args") -> list[str]:
+        """Every impossible value, as one message each (an empty list when all is well)."""
+        problems = []
+        if any(s <= 0 for s in self.image_size):
+            problems.append(
+                f"{path}.image_size: {list(self.image_size)} must be two positive integers [h, w]"
+            )
+        problems += _check_probability(self.random_gray_scale, f"{path}.random_gray_scale")
+        for f in dataclasses.fields(self):
+            block = getattr(self, f.name)
+            if dataclasses.is_dataclass(block):
+                problems += block.validate(f"{path}.{f.name}")
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: nested dicts, lists for tuples, None for blocks that are off."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(
+        cls, overrides: Mapping[str, Any], *, path: str = "transform_args"
+    ) -> tuple[DistillationTransformArgs, list[str]]:
+        """Defaults updated by ``overrides``, and every problem found (unknown keys, types, values).
+
+        ``overrides`` may be partial and nested: ``{"image_size": [160, 160], "color_jitter": {"prob": 0.0}}``
+        changes three values and keeps the rest; ``{"random_rotation": {"prob": 0.5, "degrees": 90}}`` turns
+        an optional block on (all its keys are then required) and ``{"solarize": None}`` turns one off.
+        A single int is accepted for ``image_size`` (a square). Invalid entries keep their default, so the
+        returned args are always usable for printing; do not train with them when problems is not empty.
+        """
+        problems: list[str] = []
+        args = _parse_dataclass(cls, cls(), overrides, path, problems)
+        problems += args.validate(path)
+        return args, problems
+
+    @classmethod
+    def from_dict_or_raise(
+        cls, overrides: Mapping[str, Any], *, path: str = "transform_args"
+    ) -> DistillationTransformArgs:
+        """Like ``from_dict`` but raises ``ConfigError`` listing every problem at once."""
+        args, problems = cls.from_dict(overrides, path=path)
+        if problems:
+            raise ConfigError(problems)
+        return args
+
+
+def _check_probability(value: float, path: str) -> list[str]:
+    return [] if 0 <= value <= 1 else [f"{path}: {value} is not a probability; use a value in [0, 1]"]
+
+
+def _check_non_negative(value: float, path: str) -> list[str]:
+    return [] if value >= 0 else [f"{path}: {value} must be >= 0"]
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parsing nested dicts into the dataclasses, collecting problems instead of raising
+# ----------------------------------------------------------------------------------------------------------
+
+_D = TypeVar("_D")
+
+
+def _parse_dataclass(cls: type[_D], base: _D | None, value: Any, path: str, problems: list[str]) -> _D:
+    """``base`` updated with the keys of ``value``; ``base`` None means every field without default is required."""
+    if not isinstance(value, Mapping):
+        problems.append(f"{path}: expected a mapping of {_field_names(cls)}, got {value!r}")
+        return base if base is not None else _placeholder(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in value:
+        if key not in names:
+            problems.append(f"{path}.{key}: unknown key; valid keys are {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    updates = {}
+    for name in names:
+        if name in value:
+            current = getattr(base, name) if base is not None else None
+            ok, parsed = _parse_value(hints[name], current, value[name], f"{path}.{name}", problems)
+            if ok:
+                updates[name] = parsed
+    if base is not None:
+        return dataclasses.replace(base, **updates)
+    return _construct(cls, updates, path, problems)
+
+
+def _construct(cls: type[_D], values: dict[str, Any], path: str, problems: list[str]) -> _D:
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        problems.append(
+            f"{path}: missing required key(s) {', '.join(missing)} (it needs {_field_names(cls)})"
+        )
+        return _placeholder(cls)
+    return cls(**values)
+
+
+def _placeholder(cls: type[_D]) -> _D:
+    """A neutral instance (probabilities 0) standing in for an invalid block so validation can go on."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: 0.0 for f in dataclasses.fields(cls) if hints[f.name] is float})
+
+
+def _field_names(cls: type) -> str:
+    return "{" + ", ".join(f.name for f in dataclasses.fields(cls)) + "}"
+
+
+def _parse_value(hint: Any, current: Any, value: Any, path: str, problems: list[str]) -> tuple[bool, Any]:
+    """(True, parsed) or (False, None) after appending a problem."""
+    block, optional = _dataclass_in(hint)
+    if block is not None:
+        if value is None:
+            if optional:
+                return True, None
+            problems.append(f"{path}: cannot be null; set its probabilities to 0 to turn it off")
+            return False, None
+        # Kept even when some keys were wrong: its valid keys still get their value checks.
+        return True, _parse_dataclass(block, current, value, path, problems)
+    parser = _SCALAR_PARSERS.get(hint) or _tuple_parser(hint)
+    parsed = parser(value)
+    if parsed is None:
+        problems.append(f"{path}: expected {_describe(hint)}, got {value!r}")
+        return False, None
+    return True, parsed
+
+
+def _dataclass_in(hint: Any) -> tuple[type | None, bool]:
+    """(the dataclass in ``hint``, whether None is allowed), or (None, False) for non-dataclass hints."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint, False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        classes = [a for a in args if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        if len(classes) == 1:
+            return classes[0], type(None) in args
+    return None, False
+
+
+def _parse_float(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _parse_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_SCALAR_PARSERS: dict[Any, Callable[[Any], Any]] = {float: _parse_float, int: _parse_int}
+
+
+def _tuple_parser(hint: Any) -> Callable[[Any], tuple[Any, ...] | None]:
+    item_types = typing.get_args(hint)
+    item_parsers = [_SCALAR_PARSERS[t] for t in item_types]
+
+    def parse(value: Any) -> tuple[Any, ...] | None:
+        if all(t is int for t in item_types) and _parse_int(value) is not None:
+            value = [value] * len(item_types)  # image_size=224 means a square
+        if not isinstance(value, list | tuple) or len(value) != len(item_types):
+            return None
+        items = [p(v) for p, v in zip(item_parsers, value, strict=True)]
+        return None if any(i is None for i in items) else tuple(items)
+
+    return parse
+
+
+def _describe(hint: Any) -> str:
+    if hint is float:
+        return "a number"
+    if hint is int:
+        return "an integer"
+    item_types = typing.get_args(hint)
+    kind = "integers" if item_types[0] is int else "numbers"
+    return f"a list of {len(item_types)} {kind}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------------------
+
+
+class DistillationTransform:
+    """The single augmented view of the distillation method (the same tensor feeds teacher and student).
+
+    Order: random resized crop -> flips -> rotation -> colour jitter -> grayscale -> blur -> solarize ->
+    [0, 1] floats -> normalize. Ops whose probability is 0, and blurs that cannot change a uint8 pixel, are
+    skipped without cost.
+    """
+
+    def __init__(self, args: DistillationTransformArgs | None = None):
+        self.args = args if args is not None else DistillationTransformArgs()
+        problems = self.args.validate()
+        if problems:
+            raise ConfigError(problems)
+        self._jitter_ops = _jitter_ops(self.args.color_jitter)
+        self._normalize = _Normalizer(self.args.normalize)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) RGB -> float32 (3, *image_size), normalized."""
+        _check_image(image)
+        a = self.args
+        x = _random_resized_crop(image, a.image_size, (a.random_resize.min_scale, a.random_resize.max_scale))
+        if _coin(a.random_flip.horizontal_prob):
+            x = F.horizontal_flip(x)
+        if _coin(a.random_flip.vertical_prob):
+            x = F.vertical_flip(x)
+        if a.random_rotation is not None and _coin(a.random_rotation.prob):
+            x = _random_rotation(x, a.random_rotation.degrees)
+        if _coin(a.color_jitter.prob):
+            x = _color_jitter(x, self._jitter_ops)
+        if _coin(a.random_gray_scale):
+            x = F.rgb_to_grayscale(x, num_output_channels=3)
+        if _coin(a.gaussian_blur.prob):
+            x = _random_gaussian_blur(x, a.gaussian_blur)
+        if a.solarize is not None and _coin(a.solarize.prob):
+            x = F.solarize(x, threshold=a.solarize.threshold * 255.0)
+        return self._normalize(x)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{f.name}={getattr(self.args, f.name)!r}" for f in dataclasses.fields(self.args))
+        return f"{type(self).__name__}({params})"
+
+
+class EvalTransform:
+    """Deterministic view for feature extraction: resize, center crop, normalize.
+
+    The shorter side is resized to ``max(image_size) / crop_fraction`` (256 for 224, the usual ImageNet
+    evaluation), then the center ``image_size`` is cut out, so the model sees the middle ~87.5% of the image.
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = (224, 224),
+        normalize: NormalizeArgs | None = None,
+        *,
+        crop_fraction: float = 0.875,
+    ):
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(size) != 2 or min(size) <= 0 or not 0 < crop_fraction <= 1:
+            raise ValueError(
+                f"EvalTransform: image_size {image_size} must be two positive ints and crop_fraction "
+                f"{crop_fraction} in (0, 1]"
+            )
+        self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.normalize = normalize if normalize is not None else NormalizeArgs()
+        self.crop_fraction = crop_fraction
+        self._resize_to = round(max(self.image_size) / crop_fraction)
+        self._normalize = _Normalizer(self.normalize)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) RGB -> float32 (3, *image_size), normalized."""
+        _check_image(image)
+        x = F.resize(image, [self._resize_to], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        x = F.center_crop(x, list(self.image_size))
+        return self._normalize(x)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, normalize={self.normalize!r}, "
+            f"crop_fraction={self.crop_fraction})"
+        )
+
+
+class _Normalizer:
+    """uint8 -> float32 ((x / 255) - mean) / std in one multiply and one subtract."""
+
+    def __init__(self, args: NormalizeArgs):
+        mean = torch.tensor(args.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(args.std, dtype=torch.float32).view(3, 1, 1)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = mean / std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image.to(torch.float32).mul_(self._scale).sub_(self._shift)
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if (
+        not isinstance(image, torch.Tensor)
+        or image.dtype != torch.uint8
+        or image.ndim != 3
+        or image.shape[0] != 3
+    ):
+        described = (
+            f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+        )
+        raise ValueError(
+            f"expected a uint8 RGB tensor (3, H, W) from kubedistill.data.images, got {described}"
+        )
+
+
+# --- random draws, all from torch's global RNG --------------------------------------------------------------
+
+
+def _coin(prob: float) -> bool:
+    """True with probability ``prob``; draws nothing for 0 and 1."""
+    if prob <= 0:
+        return False
+    return prob >= 1 or torch.rand(()).item() < prob
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(()).item()
+
+
+def _randint(low: int, high: int) -> int:
+    """Uniform integer in [low, high], both included."""
+    return int(torch.randint(low, high + 1, ()).item())
+
+
+# --- ops --------------------------------------------------------------------------------------------------
+
+
+def _crop_box(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering ~U(scale) of the area with aspect ratio ~logU(CROP_RATIO).
+
+    Ten tries, then the largest centred crop whose aspect ratio is within CROP_RATIO (torchvision's rule).
+    """
+    area = height * width
+    log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for _ in range(10):
+        target = area * _uniform(*scale)
+        aspect = math.exp(_uniform(log_low, log_high))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return _randint(0, height - h), _randint(0, width - w), h, w
+    ratio = width / height
+    if ratio < CROP_RATIO[0]:
+        w, h = width, round(width / CROP_RATIO[0])
+    elif ratio > CROP_RATIO[1]:
+        w, h = round(height * CROP_RATIO[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _random_resized_crop(
+    image: torch.Tensor, size: tuple[int, int], scale: tuple[float, float]
+) -> torch.Tensor:
+    top, left, h, w = _crop_box(image.shape[-2], image.shape[-1], scale)
+    return F.resized_crop(
+        image, top, left, h, w, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
+
+
+def _random_rotation(image: torch.Tensor, degrees: float) -> torch.Tensor:
+    return F.rotate(image, _uniform(-degrees, degrees), interpolation=InterpolationMode.BILINEAR)
+
+
+_JitterOp = tuple[Callable[[torch.Tensor, float], torch.Tensor], float, float]
+
+
+def _jitter_ops(args: ColorJitterArgs) -> list[_JitterOp]:
+    """(op, low, high) for each jitter with a non-zero range, as torchvision's ColorJitter draws them."""
+    ops: list[_JitterOp] = []
+    for op, amount in (
+        (F.adjust_brightness, args.brightness),
+        (F.adjust_contrast, args.contrast),
+        (F.adjust_saturation, args.saturation),
+    ):
+        if amount * args.strength > 0:
+            ops.append((op, max(0.0, 1.0 - amount * args.strength), 1.0 + amount * args.strength))
+    if args.hue * args.strength > 0:
+        ops.append((F.adjust_hue, -args.hue * args.strength, args.hue * args.strength))
+    return ops
+
+
+def _color_jitter(image: torch.Tensor, ops: list[_JitterOp]) -> torch.Tensor:
+    for i in torch.randperm(len(ops)).tolist():  # random order, as in torchvision's ColorJitter
+        op, low, high = ops[i]
+        image = op(image, _uniform(low, high))
+    return image
+
+
+def _random_gaussian_blur(image: torch.Tensor, args: GaussianBlurArgs) -> torch.Tensor:
+    sigma = _uniform(*args.sigmas)
+    if args.blur_limit == 0:
+        ksize = _kernel_size_for_sigma(sigma)
+    else:
+        ksize = 3 + 2 * _randint(0, (args.blur_limit - 3) // 2)
+    if ksize == 1 or sigma <= 0 or _blur_is_identity(ksize, sigma):
+        return image
+    return F.gaussian_blur(image, [ksize, ksize], [sigma, sigma])
+
+
+def _kernel_size_for_sigma(sigma: float) -> int:
+    """OpenCV's kernel size for a uint8 image when none is given (what albumentations does with blur_limit=0).
+
+    Odd by construction: 1 (no blur) below sigma ~1/12, 3 below ~0.42, 5 below 0.75, 7 below ~1.08.
+    """
+    return round(sigma * 3 * 2 + 1) | 1
+
+
+def _blur_is_identity(ksize: int, sigma: float) -> bool:
+    """Whether the blur provably returns every uint8 pixel unchanged.
+
+    A pixel moves by at most 255 x (the kernel's weight off the centre); below 0.5 it rounds back to itself.
+    With the default sigmas in [0, 0.1] that weight is below 1e-20, so the default blur costs nothing.
+    """
+    offsets = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    center = (weights[ksize // 2] / weights.sum()).item()
+    return 255.0 * (1.0 - center * center) < 0.5

@@ -1,0 +1,17 @@
+"""method="distillation": the seed's label-free knowledge distillation (LightlyTrain's distillationv1)."""
+
+from kubedistill.methods.distillation.args import AdamWArgs, DistillationArgs, LARSArgs
+from kubedistill.methods.distillation.loss import distillation_loss
+from kubedistill.methods.distillation.method import Distillation, mixup
+from kubedistill.methods.distillation.queue import TeacherQueue, auto_queue_size
+
+__all__ = [
+    "AdamWArgs",
+    "Distillation",
+    "DistillationArgs",
+    "LARSArgs",
+    "TeacherQueue",
+    "auto_queue_size",
+    "distillation_loss",
+    "mixup",
+]

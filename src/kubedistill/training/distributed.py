@@ -1,0 +1,120 @@
+"""Every torch.distributed call of the project lives here. Each helper also works in a single process
+(world size 1, rank 0), so the rest of the code never checks whether it runs distributed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from kubedistill.errors import KubedistillError
+
+logger = logging.getLogger(__name__)
+
+# torchrun sets all of these for every process it starts.
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+
+
+class LaunchEnvironmentError(KubedistillError):
+    """The distributed launch environment is half set."""
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def launch_info(environ: dict[str, str] | None = None) -> ProcessInfo:
+    """Read rank/world size from torchrun's environment; rank 0 of 1 when none of it is set.
+
+    Raises LaunchEnvironmentError when only some of the variables are set, naming the missing ones.
+    """
+    env = os.environ if environ is None else environ
+    present = [v for v in TORCHRUN_VARS if v in env]
+    if not present:
+        return ProcessInfo(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    missing = [v for v in TORCHRUN_VARS if v not in env]
+    if missing:
+        raise LaunchEnvironmentError(
+            f"distributed launch environment is half set: {', '.join(present)} set but {', '.join(missing)} "
+            "missing. Start training with torchrun (e.g. `torchrun --nproc-per-node=2 -m kubedistill train ...`), "
+            "which sets all of them, or unset them all for a single-process run. In a PyTorchJob, run a bare "
+            "`torchrun` that reads PET_NNODES/PET_NODE_RANK/PET_MASTER_ADDR/PET_MASTER_PORT; do not launch "
+            "python directly (the operator's RANK is the pod index, not the process rank)."
+        )
+    try:
+        return ProcessInfo(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env["LOCAL_RANK"]),
+            local_world_size=int(env["LOCAL_WORLD_SIZE"]),
+        )
+    except ValueError as e:
+        raise LaunchEnvironmentError(f"distributed launch environment has a non-integer value: {e}") from e
+
+
+def init(device: torch.device, *, timeout: timedelta = DEFAULT_TIMEOUT) -> ProcessInfo:
+    """Initialise the process group when launched by torchrun with more than one process.
+
+    NCCL on CUDA devices, gloo on CPU. The timeout is explicit: a rank whose peers never come fails after
+    ``timeout`` instead of the 30-minute default.
+    """
+    info = launch_info()
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timeout)
+        logger.info("process group ready: backend=%s rank=%d world_size=%d", backend, info.rank, info.world_size)
+    return info
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+@torch.no_grad()
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate (B, ...) tensors of all ranks along dim 0, in rank order; no gradient flows back."""
+    if not is_initialized():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank (e.g. a random seed drawn once)."""
+    if not is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
+def cleanup() -> None:
+    if is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,67 @@
+"""Device and precision choice, and the autocast contexts that follow from it."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "32-true", "bf16-mixed", "bf16-teacher"]
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """Which parts run under bf16 autocast. Parameters and optimizer state always stay fp32."""
+
+    name: str
+    teacher_bf16: bool
+    student_bf16: bool
+
+    def teacher_autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        return _autocast(device, self.teacher_bf16)
+
+    def student_autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        return _autocast(device, self.student_bf16)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ValueError("accelerator=cuda but no CUDA device is visible; use accelerator=cpu or auto")
+    return torch.device(accelerator)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matmuls (AVX512-BF16 / AMX): there bf16 is ~4x faster than fp32.
+
+    Without them bf16 is emulated and slower than fp32, so it must not be the default.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> PrecisionPlan:
+    """``auto``: bf16-mixed on a CUDA device with bf16; on CPU the frozen teacher alone runs in bf16 when the
+    CPU computes bf16 natively (the student stays fp32: see BENCHMARKS.md); fp32 otherwise."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        else:
+            precision = "bf16-teacher" if cpu_has_fast_bf16() else "32-true"
+    return PrecisionPlan(
+        name=precision,
+        teacher_bf16=precision in ("bf16-mixed", "bf16-teacher"),
+        student_bf16=precision == "bf16-mixed",
+    )

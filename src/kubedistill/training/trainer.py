@@ -1,0 +1,407 @@
+"""The training entry point: a small object with setup / train / save_checkpoint / cleanup."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from kubedistill.config import TrainConfig, to_dict
+from kubedistill.data.datasets import FailureCounter, ImageDataset, make_dataloader, resolve_num_workers
+from kubedistill.data.files import list_image_files
+from kubedistill.data.transforms import DistillationTransform
+from kubedistill.errors import ConfigError, DataError, KubedistillError
+from kubedistill.methods.distillation import Distillation, auto_queue_size
+from kubedistill.methods.distillation.args import scaled_lr
+from kubedistill.models.export import StudentMetadata, export_student, load_student
+from kubedistill.models.students import Student, build_student
+from kubedistill.models.teachers import load_teacher
+from kubedistill.training import distributed
+from kubedistill.training.checkpoint import LAST, CheckpointError, load_checkpoint, save_checkpoint
+from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
+from kubedistill.training.optim import build_optimizer, resolve_warmup_epochs, set_lr, warmup_cosine_schedule
+from kubedistill.training.outdir import OutputLayout, prepare_output_dir
+from kubedistill.training.precision import resolve_device, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+# Periodic checkpoints when checkpoint_every_n_steps is not set: ~15 min at one step per second.
+DEFAULT_CHECKPOINT_EVERY_N_STEPS = 1000
+KEEP_CHECKPOINTS = 3
+
+
+class NonFiniteLossError(KubedistillError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    exported: Path
+    steps: int
+    final_loss: float | None
+    already_finished: bool = False
+
+
+class Trainer:
+    """Distills ``config.method_args.teacher`` into ``config.model``. Use: setup(); train(); cleanup()."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.layout = OutputLayout(Path(config.out))
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.last_loss: float | None = None
+        self.already_finished = False
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.device = resolve_device(cfg.accelerator)
+        self.proc = distributed.init(self.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.proc.local_rank)
+            torch.cuda.set_device(self.device)
+        self._check_world()
+        self.is_main = distributed.is_main()
+        resume_path = self._prepare_output()
+        setup_logging(self.layout.train_log, main_process=self.is_main)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        logger.info("device %s, precision %s, world size %d", self.device, self.precision.name, self.proc.world_size)
+        torch.manual_seed(cfg.seed + self.proc.rank)
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        if resume_path is not None:
+            self._resume(resume_path)
+        elif cfg.checkpoint:
+            self._load_initial_weights(cfg.checkpoint)
+        if self.is_main:
+            self.layout.config.write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
+        self.metrics = MetricsWriter(self.layout.metrics)
+
+    def _check_world(self) -> None:
+        cfg, world, local = self.config, self.proc.world_size, self.proc.local_world_size
+        problems = []
+        if cfg.devices != "auto" and cfg.devices != local:
+            problems.append(
+                f"devices: {cfg.devices} requested but {local} process(es) run on this node; start one process per "
+                f"device with `torchrun --nproc-per-node={cfg.devices} -m kubedistill train ...`"
+            )
+        if cfg.num_nodes != world // local:
+            problems.append(
+                f"num_nodes: {cfg.num_nodes} requested but the launch has {world // local} node(s); "
+                f"launch with `torchrun --nnodes={cfg.num_nodes} ...` on every node"
+            )
+        if cfg.batch_size % world:
+            problems.append(
+                f"batch_size: the global batch {cfg.batch_size} is not divisible by the world size {world}"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    def _prepare_output(self) -> Path | None:
+        # Rank 0 alone inspects and prepares the folder; the others wait, then read its decision.
+        resume_path = None
+        if self.is_main:
+            resume_path = prepare_output_dir(
+                self.layout, overwrite=self.config.overwrite, resume=self.config.resume_interrupted
+            )
+        distributed.barrier()
+        if not self.is_main and (self.config.resume_interrupted and self.layout.last_checkpoint.exists()):
+            resume_path = self.layout.last_checkpoint
+        return resume_path
+
+    def _setup_data(self) -> None:
+        cfg = self.config
+        files = list_image_files(cfg.data)
+        self.num_images = len(files)
+        if self.num_images < cfg.batch_size:
+            raise DataError(
+                f"data: {self.num_images} image(s) found in {cfg.data}, fewer than batch_size={cfg.batch_size}; "
+                "lower batch_size or add images"
+            )
+        self.transform = DistillationTransform(cfg.transform_args)
+        self.dataset = ImageDataset(files, self.transform)
+        self.per_device_batch = cfg.batch_size // self.proc.world_size
+        num_workers = (
+            resolve_num_workers("auto", world_size_local=self.proc.local_world_size)
+            if cfg.num_workers == "auto"
+            else cfg.num_workers
+        )
+        pin = cfg.loader_args.pin_memory
+        self.loader = make_dataloader(
+            dataset=self.dataset,
+            batch_size=self.per_device_batch,
+            num_workers=num_workers,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
+            rank=self.proc.rank,
+            world_size=self.proc.world_size,
+            pin_memory=self.device.type == "cuda" if pin == "auto" else pin,
+            persistent_workers=cfg.loader_args.persistent_workers and num_workers > 0,
+            prefetch_factor=cfg.loader_args.prefetch_factor if num_workers > 0 else None,
+        )
+        self.failures = FailureCounter(self.num_images, cfg.loader_args.max_bad_fraction)
+        self.steps_per_epoch = len(self.loader)
+        epoch_steps = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(epoch_steps, cfg.max_steps) if cfg.max_steps else epoch_steps
+        logger.info(
+            "%d images, %d steps per epoch of global batch %d, %d steps in total, %d data workers per process",
+            self.num_images,
+            self.steps_per_epoch,
+            cfg.batch_size,
+            self.total_steps,
+            num_workers,
+        )
+
+    def _setup_model(self) -> None:
+        cfg, margs = self.config, self.config.method_args
+        queue_size = auto_queue_size(self.num_images) if margs.queue_size == "auto" else margs.queue_size
+        if queue_size >= self.num_images:
+            raise ConfigError(
+                [
+                    f"method_args.queue_size: {queue_size} must be smaller than the number of images "
+                    f"({self.num_images}); set a smaller queue_size or use 'auto'"
+                ]
+            )
+        self.queue_size = queue_size
+        teacher = load_teacher(margs.teacher, weights=margs.teacher_weights, sha256=margs.teacher_sha256)
+        teacher.to(self.device)
+        student = build_student(cfg.model, image_size=tuple(cfg.transform_args.image_size))
+        self.method = Distillation(
+            student=student,
+            student_dim=student.feature_dim,
+            teacher=teacher,
+            teacher_dim=teacher.embed_dim,
+            queue_size=queue_size,
+            temperature=margs.temperature,
+            use_mixup=margs.mixup,
+        ).to(self.device)
+        if self.device.type == "cuda":
+            # Convolutions run faster in NHWC on tensor cores; harmless for other architectures.
+            self.method.student.to(memory_format=torch.channels_last)
+        self.mixup_generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.proc.rank)
+        logger.info(
+            "student %s (%d-d) -> teacher %s (%d-d), queue %d", cfg.model, student.feature_dim, margs.teacher,
+            teacher.embed_dim, queue_size,
+        )
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.config
+        oargs = cfg.optim_args
+        self.base_lr = scaled_lr(oargs.lr, cfg.batch_size, cfg.method_args)
+        self.optimizer = build_optimizer([self.method.student, self.method.head], oargs, self.base_lr)
+        warmup_epochs = resolve_warmup_epochs(oargs.warmup_epochs, cfg.epochs)
+        self.warmup_steps = min(round(warmup_epochs * self.steps_per_epoch), self.total_steps)
+        self.schedule = warmup_cosine_schedule(
+            base_lr=self.base_lr,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            min_lr_ratio=oargs.min_lr_ratio,
+        )
+        self.trainable = [p for p in self.method.parameters() if p.requires_grad]
+
+    def _load_initial_weights(self, source: str) -> None:
+        """``checkpoint=PATH``: a new run starting from the student weights of an export or a training checkpoint."""
+        path = Path(source)
+        try:
+            state = load_checkpoint(path)["model"]
+            student_state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+        except CheckpointError:
+            student_state = load_student(path).student.state_dict()
+        try:
+            self.method.student.load_state_dict(student_state)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit student {self.config.model}: {str(e).splitlines()[0]}"
+            ) from e
+        logger.info("student initialised from %s", path)
+
+    # ------------------------------------------------------------------ resume
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state["total_steps"] != self.total_steps or state["queue_size"] != self.queue_size:
+            raise CheckpointError(
+                f"{path} was written by a run with {state['total_steps']} steps and queue {state['queue_size']}; "
+                f"this configuration has {self.total_steps} steps and queue {self.queue_size}. Resume with the "
+                "same settings, or start a new run in another output folder"
+            )
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.failures.load_state_dict(state["failures"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.mixup_generator.set_state(state["rng"]["mixup"])
+        self.already_finished = self.step >= self.total_steps
+        if self.is_main:
+            MetricsWriter(self.layout.metrics).truncate_after(self.step)
+        logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self) -> TrainResult:
+        if self.already_finished:
+            logger.info("the run in %s already finished (%d steps): nothing to do", self.layout.root, self.step)
+            if self.is_main and not self.layout.exported.exists():
+                self.export()
+            return TrainResult(self.layout.root, self.layout.exported, self.step, None, already_finished=True)
+        every = self.config.checkpoint_every_n_steps or DEFAULT_CHECKPOINT_EVERY_N_STEPS
+        progress = Progress(total_steps=self.total_steps, start_step=self.step, enabled=self.is_main)
+        self.method.train()
+        self.method.teacher.eval()
+        window_start, window_images = time.perf_counter(), 0
+        try:
+            while self.step < self.total_steps:
+                for images in self._epoch_batches():
+                    loss = self._train_step(images)
+                    window_images += self.config.batch_size
+                    if self.step % self.config.log_every_n_steps == 0 or self.step == self.total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        self._log_step(loss, window_images / elapsed, progress)
+                        window_start, window_images = time.perf_counter(), 0
+                    else:
+                        progress.update(self.step)
+                    if self.step % every == 0 and self.step < self.total_steps:
+                        self.save_checkpoint()
+                    if self.step >= self.total_steps:
+                        break
+                else:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        finally:
+            progress.close()
+        self.save_checkpoint()
+        if self.is_main:
+            self.export()
+        logger.info("finished %d steps; student exported to %s", self.step, self.layout.exported)
+        return TrainResult(self.layout.root, self.layout.exported, self.step, self.last_loss)
+
+    def _epoch_batches(self):
+        """Batches of the current epoch from where the run stands; skips those a resumed run already used."""
+        self.loader.sampler.set_epoch(self.epoch)
+        batches = iter(self.loader)
+        if self.batch_in_epoch:
+            batches = itertools.islice(batches, self.batch_in_epoch, None)
+        for batch in batches:
+            self.failures.update(batch["failures"])
+            self.batch_in_epoch += 1
+            yield batch["image"]
+
+    def _train_step(self, images: torch.Tensor) -> torch.Tensor:
+        set_lr(self.optimizer, self.schedule[self.step])
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = self.method(
+            images,
+            gather=distributed.all_gather,
+            generator=self.mixup_generator,
+            teacher_autocast=self.precision.teacher_autocast(self.device),
+            student_autocast=self.precision.student_autocast(self.device),
+        )
+        self._check_finite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.optim_args.gradient_clip_val
+        if clip is not None:
+            nn.utils.clip_grad_norm_(self.trainable, clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            last = self.layout.last_checkpoint
+            where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.step + 1}; {where}. Lower optim_args.lr or use "
+                "precision=32-true, then resume or restart"
+            )
+
+    def _log_step(self, loss: torch.Tensor, images_per_second: float, progress: Progress) -> None:
+        self.last_loss = float(loss)
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": self.last_loss,
+            "lr": self.schedule[self.step - 1],
+            "images_per_second": images_per_second,
+        }
+        if self.is_main:
+            self.metrics.write(record)
+        progress.update(self.step, loss=self.last_loss, images_per_second=images_per_second)
+
+    # ------------------------------------------------------------------ outputs
+
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        state: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "total_steps": self.total_steps,
+            "queue_size": self.queue_size,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "failures": self.failures.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "mixup": self.mixup_generator.get_state()},
+        }
+        path = save_checkpoint(state, self.layout.checkpoints, step=self.step, keep=KEEP_CHECKPOINTS)
+        logger.info("checkpoint written: %s", path)
+
+    def export(self) -> Path:
+        cfg = self.config
+        metadata = StudentMetadata(
+            model=cfg.model,
+            feature_dim=self.method.student.feature_dim,
+            image_size=tuple(cfg.transform_args.image_size),
+            mean=tuple(cfg.transform_args.normalize.mean),
+            std=tuple(cfg.transform_args.normalize.std),
+        )
+        student: Student = self.method.student
+        export_student(student, metadata, self.layout.exported)
+        return self.layout.exported
+
+    def resolved_config(self) -> dict[str, Any]:
+        resolved = to_dict(self.config)
+        resolved["resolved"] = {
+            "num_images": self.num_images,
+            "queue_size": self.queue_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "per_device_batch_size": self.per_device_batch,
+            "world_size": self.proc.world_size,
+            "lr": self.base_lr,
+            "warmup_steps": self.warmup_steps,
+            "precision": self.precision.name,
+            "device": str(self.device),
+            "failed_images": self.failures.num_failed,
+        }
+        return resolved
+
+    def cleanup(self) -> None:
+        if hasattr(self, "failures") and self.failures.num_failed:
+            logger.warning("%d image(s) could not be decoded and were skipped", self.failures.num_failed)
+        distributed.cleanup()
+        close_logging()
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    trainer = Trainer(config)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.cleanup()
