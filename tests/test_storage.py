@@ -30,6 +30,7 @@ class FileServer:
 
     files: dict[str, bytes]
     delay_s: float = 0.0
+    overstate: dict[str, int] = field(default_factory=dict)  # path -> bytes the Content-Length lies by
     hits: Counter = field(default_factory=Counter)
     port: int = 0
 
@@ -47,7 +48,7 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             time.sleep(server.delay_s)  # widens the window in which concurrent downloads would overlap
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) + server.overstate.get(self.path, 0)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -116,6 +117,14 @@ def test_fetch_malformed_sha256_fails_before_downloading(http_server: FileServer
 def test_fetch_404_names_the_url(http_server: FileServer, tmp_path: Path) -> None:
     url = http_server.url("/missing.pth")
     with pytest.raises(WeightsError, match=f"{url} failed: HTTP 404"):
+        fetch(url, tmp_path / "m.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_cut_short_download_is_an_error(http_server: FileServer, tmp_path: Path) -> None:
+    http_server.overstate["/w/model.pth"] = 1000  # the connection closes before the announced length
+    url = http_server.url("/w/model.pth")
+    with pytest.raises(WeightsError, match=url):
         fetch(url, tmp_path / "m.pth")
     assert list(tmp_path.iterdir()) == []
 

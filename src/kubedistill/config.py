@@ -19,6 +19,7 @@ import yaml
 from kubedistill.data.transforms import DistillationTransformArgs
 from kubedistill.errors import ConfigError
 from kubedistill.methods.distillation.args import DEFAULT_OPTIMIZER, OPTIMIZERS, DistillationArgs
+from kubedistill.utils import to_plain as to_dict
 
 _NONE_TYPE = type(None)
 
@@ -69,17 +70,6 @@ def _set_dotted(target: dict[str, Any], parts: list[str], value: Any, token: str
 # --------------------------------------------------------------------------------------------------
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass (nested) as plain dicts/lists, the form written to config.yaml and printed by describe."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
 def build(cls: type, values: Mapping[str, Any] | None, *, path: str = "", problems: list[str]) -> Any:
     """Build dataclass ``cls`` from defaults overridden by ``values``; append problems instead of raising.
 
@@ -96,11 +86,11 @@ def build(cls: type, values: Mapping[str, Any] | None, *, path: str = "", proble
         if name not in values:
             continue
         kwargs[name] = coerce(values[name], hints[name], _join(path, name), problems, default=_default(fields[name]))
-    try:
-        instance = cls(**kwargs)
-    except (TypeError, ValueError) as e:  # a required field missing, or a __post_init__ check
-        problems.append(f"{path or cls.__name__}: {e}")
-        instance = None
+    missing = [n for n, f in fields.items() if n not in kwargs and _default(f) is dataclasses.MISSING]
+    if missing:
+        problems.append(f"{path or cls.__name__}: missing required key(s) {', '.join(missing)}")
+        return None
+    instance = cls(**kwargs)
     if instance is not None and hasattr(instance, "problems"):
         # Value checks that need the whole object (ranges, min <= max) live on the dataclass itself.
         problems.extend(_join(path, p) for p in instance.problems())

@@ -7,6 +7,7 @@ sees a half-written file and an interrupted download leaves only a ``.part`` fil
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -94,6 +95,7 @@ def fetch(
             _copier(uri)(uri, out, timeout_s)
             out.flush()
             os.fsync(out.fileno())  # the rename below must not publish a file whose data is still in flight
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache shared by several users must be readable
         if sha256 is not None:
             verify_sha256(tmp, sha256, source=uri)
         os.replace(tmp, dest)
@@ -111,7 +113,9 @@ def _copier(uri: str) -> Callable[[str, BinaryIO, float], None]:
         return _copy_gcs
     if scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive, still a local path
         return _copy_local
-    raise WeightsError(f"Unsupported URI scheme {scheme!r} in {uri!r}: use https://, gs://, file:// or a path.")
+    raise WeightsError(
+        f"Unsupported URI scheme {scheme!r} in {uri!r}: use https://, gs://, file:// or a path."
+    )
 
 
 def _copy_local(uri: str, out: BinaryIO, timeout_s: float) -> None:
@@ -126,15 +130,19 @@ def _copy_http(url: str, out: BinaryIO, timeout_s: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "kubedistill"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            expected = response.headers.get("Content-Length")
             shutil.copyfileobj(response, out, _CHUNK)
     except urllib.error.HTTPError as e:
         raise WeightsError(f"Downloading {url} failed: HTTP {e.code} {e.reason}. Check the URL.") from e
-    except (urllib.error.URLError, OSError) as e:  # refused, DNS, timeout, connection reset mid-download
+    # Network failures only: an OSError from writing (a full disk) must not be blamed on the network.
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(
             f"Cannot download {url}: {reason}. Check the URL and the network; on a machine without internet "
             "access, copy the file there and pass its local path or a gs:// URI instead."
         ) from e
+    if expected is not None and out.tell() != int(expected):  # a dropped connection can look like an EOF
+        raise WeightsError(f"Download of {url} was cut short: {out.tell()} of {expected} bytes. Try again.")
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
@@ -152,14 +160,18 @@ def _copy_gcs(uri: str, out: BinaryIO, timeout_s: float) -> None:
         from google.auth import exceptions as auth_exc
         from google.cloud import storage
     except ImportError as e:
-        raise WeightsError(f"Reading {uri} needs google-cloud-storage: pip install google-cloud-storage") from e
+        raise WeightsError(
+            f"Reading {uri} needs google-cloud-storage: pip install google-cloud-storage"
+        ) from e
     bucket, name = split_gs_uri(uri)
     try:
         _gcs_client(storage).bucket(bucket).blob(name).download_to_file(out, timeout=timeout_s)
     except auth_exc.DefaultCredentialsError as e:
         raise WeightsError(f"No Google Cloud credentials to read {uri}: {_GCS_AUTH_HINT}.") from e
     except gexc.NotFound as e:
-        raise WeightsError(f"{uri} not found: the bucket {bucket!r} or the object {name!r} does not exist.") from e
+        raise WeightsError(
+            f"{uri} not found: the bucket {bucket!r} or the object {name!r} does not exist."
+        ) from e
     except (gexc.Forbidden, gexc.Unauthorized) as e:
         raise WeightsError(
             f"Access to {uri} denied ({e.code}): grant the credentials in use read access "

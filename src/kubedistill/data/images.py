@@ -91,6 +91,8 @@ def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int = MAX_
         data: the encoded file content.
         source: the file name or URI, used in error messages only.
         max_pixels: images whose header claims more than this many pixels are rejected before decoding.
+            PIL refuses headers above 2 x ``PIL.Image.MAX_IMAGE_PIXELS`` on its own (also reported as an
+            ImageDecodeError): to accept larger images, raise that limit too.
 
     Returns:
         uint8 tensor (3, H, W), RGB, H and W after EXIF orientation.

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from kubedistill.errors import ConfigError
+from kubedistill.utils import to_plain
 
 __all__ = [
     "ColorJitterArgs",
@@ -44,6 +42,11 @@ CROP_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 
 # ----------------------------------------------------------------------------------------------------------
 # Parameters
+#
+# Each block's ``problems()`` checks its own values and returns messages that start with the field name
+# ("prob: 1.5 is not a probability ..."), so a caller prefixes them with where the block sits: the protocol
+# of kubedistill.config, which calls ``problems()`` on every dataclass it builds. ``validate(path)`` on
+# DistillationTransformArgs runs all of them at once with full paths.
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -58,16 +61,16 @@ class ColorJitterArgs:
     saturation: float = 0.4
     hue: float = 0.2
 
-    def validate(self, path: str) -> list[str]:
-        problems = _check_probability(self.prob, f"{path}.prob")
+    def problems(self) -> list[str]:
+        found = _check_probability(self, "prob")
         for name in ("strength", "brightness", "contrast", "saturation", "hue"):
-            problems += _check_non_negative(getattr(self, name), f"{path}.{name}")
+            found += _check_non_negative(self, name)
         if self.hue * self.strength > 0.5:
-            problems.append(
-                f"{path}: hue x strength = {self.hue * self.strength:g} shifts hue by more than half a turn; "
+            found.append(
+                f"hue: hue x strength = {self.hue * self.strength:g} shifts hue by more than half a turn; "
                 "keep it at most 0.5"
             )
-        return problems
+        return found
 
 
 @dataclass
@@ -82,16 +85,14 @@ class GaussianBlurArgs:
     sigmas: tuple[float, float] = (0.0, 0.1)
     blur_limit: int = 0
 
-    def validate(self, path: str) -> list[str]:
-        problems = _check_probability(self.prob, f"{path}.prob")
+    def problems(self) -> list[str]:
+        found = _check_probability(self, "prob")
         low, high = self.sigmas
         if not 0 <= low <= high:
-            problems.append(f"{path}.sigmas: {list(self.sigmas)} must be [low, high] with 0 <= low <= high")
+            found.append(f"sigmas: {list(self.sigmas)} must be [low, high] with 0 <= low <= high")
         if self.blur_limit != 0 and (self.blur_limit < 3 or self.blur_limit % 2 == 0):
-            problems.append(
-                f"{path}.blur_limit: {self.blur_limit} must be 0 (size from sigma) or odd and >= 3"
-            )
-        return problems
+            found.append(f"blur_limit: {self.blur_limit} must be 0 (size from sigma) or odd and >= 3")
+        return found
 
 
 @dataclass
@@ -101,10 +102,10 @@ class NormalizeArgs:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-    def validate(self, path: str) -> list[str]:
+    def problems(self) -> list[str]:
         if all(s > 0 for s in self.std):
             return []
-        return [f"{path}.std: {list(self.std)} has a value <= 0; every standard deviation must be positive"]
+        return [f"std: {list(self.std)} has a value <= 0; every standard deviation must be positive"]
 
 
 @dataclass
@@ -114,10 +115,8 @@ class RandomFlipArgs:
     horizontal_prob: float = 0.5
     vertical_prob: float = 0.0
 
-    def validate(self, path: str) -> list[str]:
-        return _check_probability(self.horizontal_prob, f"{path}.horizontal_prob") + _check_probability(
-            self.vertical_prob, f"{path}.vertical_prob"
-        )
+    def problems(self) -> list[str]:
+        return _check_probability(self, "horizontal_prob") + _check_probability(self, "vertical_prob")
 
 
 @dataclass
@@ -127,18 +126,18 @@ class RandomResizeArgs:
     min_scale: float = 0.14
     max_scale: float = 1.0
 
-    def validate(self, path: str) -> list[str]:
-        problems = []
-        for name in ("min_scale", "max_scale"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                problems.append(f"{path}.{name}: {value} must be in (0, 1] (a fraction of the image area)")
+    def problems(self) -> list[str]:
+        found = [
+            f"{name}: {getattr(self, name)} must be in (0, 1] (a fraction of the image area)"
+            for name in ("min_scale", "max_scale")
+            if not 0 < getattr(self, name) <= 1
+        ]
         if self.min_scale > self.max_scale:
-            problems.append(
-                f"{path}: min_scale ({self.min_scale}) is larger than max_scale ({self.max_scale}); "
+            found.append(
+                f"min_scale ({self.min_scale}) is larger than max_scale ({self.max_scale}); "
                 "make min_scale <= max_scale"
             )
-        return problems
+        return found
 
 
 @dataclass
@@ -148,10 +147,8 @@ class RandomRotationArgs:
     prob: float
     degrees: float
 
-    def validate(self, path: str) -> list[str]:
-        return _check_probability(self.prob, f"{path}.prob") + _check_non_negative(
-            self.degrees, f"{path}.degrees"
-        )
+    def problems(self) -> list[str]:
+        return _check_probability(self, "prob") + _check_non_negative(self, "degrees")
 
 
 @dataclass
@@ -161,11 +158,11 @@ class SolarizeArgs:
     prob: float
     threshold: float
 
-    def validate(self, path: str) -> list[str]:
-        problems = _check_probability(self.prob, f"{path}.prob")
+    def problems(self) -> list[str]:
+        found = _check_probability(self, "prob")
         if not 0 <= self.threshold <= 1:
-            problems.append(f"{path}.threshold: {self.threshold} must be in [0, 1] (a fraction of 255)")
-        return problems
+            found.append(f"threshold: {self.threshold} must be in [0, 1] (a fraction of 255)")
+        return found
 
 
 @dataclass
@@ -182,190 +179,26 @@ class DistillationTransformArgs:
     solarize: SolarizeArgs | None = None
     normalize: NormalizeArgs = field(default_factory=NormalizeArgs)
 
-    def validate(self, path: str = "transform_args") -> list[str]:
-        """Every impossible value, as one message each (an empty list when all is well)."""
-        problems = []
+    def problems(self) -> list[str]:
+        """Problems of this level's own fields; the blocks check themselves (see ``validate``)."""
+        found = _check_probability(self, "random_gray_scale")
         if any(s <= 0 for s in self.image_size):
-            problems.append(
-                f"{path}.image_size: {list(self.image_size)} must be two positive integers [h, w]"
-            )
-        problems += _check_probability(self.random_gray_scale, f"{path}.random_gray_scale")
-        for f in dataclasses.fields(self):
-            block = getattr(self, f.name)
-            if dataclasses.is_dataclass(block):
-                problems += block.validate(f"{path}.{f.name}")
-        return problems
+            found.insert(0, f"image_size: {list(self.image_size)} must be two positive integers [h, w]")
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: nested dicts, lists for tuples, None for blocks that are off."""
-        return _to_plain(self)
-
-    @classmethod
-    def from_dict(
-        cls, overrides: Mapping[str, Any], *, path: str = "transform_args"
-    ) -> tuple[DistillationTransformArgs, list[str]]:
-        """Defaults updated by ``overrides``, and every problem found (unknown keys, types, values).
-
-        ``overrides`` may be partial and nested: ``{"image_size": [160, 160], "color_jitter": {"prob": 0.0}}``
-        changes three values and keeps the rest; ``{"random_rotation": {"prob": 0.5, "degrees": 90}}`` turns
-        an optional block on (all its keys are then required) and ``{"solarize": None}`` turns one off.
-        A single int is accepted for ``image_size`` (a square). Invalid entries keep their default, so the
-        returned args are always usable for printing; do not train with them when problems is not empty.
-        """
-        problems: list[str] = []
-        args = _parse_dataclass(cls, cls(), overrides, path, problems)
-        problems += args.validate(path)
-        return args, problems
-
-    @classmethod
-    def from_dict_or_raise(
-        cls, overrides: Mapping[str, Any], *, path: str = "transform_args"
-    ) -> DistillationTransformArgs:
-        """Like ``from_dict`` but raises ``ConfigError`` listing every problem at once."""
-        args, problems = cls.from_dict(overrides, path=path)
-        if problems:
-            raise ConfigError(problems)
-        return args
+        return to_plain(self)
 
 
-def _check_probability(value: float, path: str) -> list[str]:
-    return [] if 0 <= value <= 1 else [f"{path}: {value} is not a probability; use a value in [0, 1]"]
+def _check_probability(args: object, name: str) -> list[str]:
+    value = getattr(args, name)
+    return [] if 0 <= value <= 1 else [f"{name}: {value} is not a probability; use a value in [0, 1]"]
 
 
-def _check_non_negative(value: float, path: str) -> list[str]:
-    return [] if value >= 0 else [f"{path}: {value} must be >= 0"]
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Parsing nested dicts into the dataclasses, collecting problems instead of raising
-# ----------------------------------------------------------------------------------------------------------
-
-_D = TypeVar("_D")
-
-
-def _parse_dataclass(cls: type[_D], base: _D | None, value: Any, path: str, problems: list[str]) -> _D:
-    """``base`` updated with the keys of ``value``; ``base`` None means every field without default is required."""
-    if not isinstance(value, Mapping):
-        problems.append(f"{path}: expected a mapping of {_field_names(cls)}, got {value!r}")
-        return base if base is not None else _placeholder(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in value:
-        if key not in names:
-            problems.append(f"{path}.{key}: unknown key; valid keys are {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    updates = {}
-    for name in names:
-        if name in value:
-            current = getattr(base, name) if base is not None else None
-            ok, parsed = _parse_value(hints[name], current, value[name], f"{path}.{name}", problems)
-            if ok:
-                updates[name] = parsed
-    if base is not None:
-        return dataclasses.replace(base, **updates)
-    return _construct(cls, updates, path, problems)
-
-
-def _construct(cls: type[_D], values: dict[str, Any], path: str, problems: list[str]) -> _D:
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in values
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        problems.append(
-            f"{path}: missing required key(s) {', '.join(missing)} (it needs {_field_names(cls)})"
-        )
-        return _placeholder(cls)
-    return cls(**values)
-
-
-def _placeholder(cls: type[_D]) -> _D:
-    """A neutral instance (probabilities 0) standing in for an invalid block so validation can go on."""
-    hints = typing.get_type_hints(cls)
-    return cls(**{f.name: 0.0 for f in dataclasses.fields(cls) if hints[f.name] is float})
-
-
-def _field_names(cls: type) -> str:
-    return "{" + ", ".join(f.name for f in dataclasses.fields(cls)) + "}"
-
-
-def _parse_value(hint: Any, current: Any, value: Any, path: str, problems: list[str]) -> tuple[bool, Any]:
-    """(True, parsed) or (False, None) after appending a problem."""
-    block, optional = _dataclass_in(hint)
-    if block is not None:
-        if value is None:
-            if optional:
-                return True, None
-            problems.append(f"{path}: cannot be null; set its probabilities to 0 to turn it off")
-            return False, None
-        # Kept even when some keys were wrong: its valid keys still get their value checks.
-        return True, _parse_dataclass(block, current, value, path, problems)
-    parser = _SCALAR_PARSERS.get(hint) or _tuple_parser(hint)
-    parsed = parser(value)
-    if parsed is None:
-        problems.append(f"{path}: expected {_describe(hint)}, got {value!r}")
-        return False, None
-    return True, parsed
-
-
-def _dataclass_in(hint: Any) -> tuple[type | None, bool]:
-    """(the dataclass in ``hint``, whether None is allowed), or (None, False) for non-dataclass hints."""
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return hint, False
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        classes = [a for a in args if isinstance(a, type) and dataclasses.is_dataclass(a)]
-        if len(classes) == 1:
-            return classes[0], type(None) in args
-    return None, False
-
-
-def _parse_float(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _parse_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-_SCALAR_PARSERS: dict[Any, Callable[[Any], Any]] = {float: _parse_float, int: _parse_int}
-
-
-def _tuple_parser(hint: Any) -> Callable[[Any], tuple[Any, ...] | None]:
-    item_types = typing.get_args(hint)
-    item_parsers = [_SCALAR_PARSERS[t] for t in item_types]
-
-    def parse(value: Any) -> tuple[Any, ...] | None:
-        if all(t is int for t in item_types) and _parse_int(value) is not None:
-            value = [value] * len(item_types)  # image_size=224 means a square
-        if not isinstance(value, list | tuple) or len(value) != len(item_types):
-            return None
-        items = [p(v) for p, v in zip(item_parsers, value, strict=True)]
-        return None if any(i is None for i in items) else tuple(items)
-
-    return parse
-
-
-def _describe(hint: Any) -> str:
-    if hint is float:
-        return "a number"
-    if hint is int:
-        return "an integer"
-    item_types = typing.get_args(hint)
-    kind = "integers" if item_types[0] is int else "numbers"
-    return f"a list of {len(item_types)} {kind}"
+def _check_non_negative(args: object, name: str) -> list[str]:
+    value = getattr(args, name)
+    return [] if value >= 0 else [f"{name}: {value} must be >= 0"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -382,10 +215,8 @@ class DistillationTransform:
     """
 
     def __init__(self, args: DistillationTransformArgs | None = None):
+        # Values were checked when the config was built (kubedistill.config calls each block's problems()).
         self.args = args if args is not None else DistillationTransformArgs()
-        problems = self.args.validate()
-        if problems:
-            raise ConfigError(problems)
         self._jitter_ops = _jitter_ops(self.args.color_jitter)
         self._normalize = _Normalizer(self.args.normalize)
 

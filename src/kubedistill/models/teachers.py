@@ -96,10 +96,10 @@ def load_teacher(
     spec = TEACHERS.get(name)
     if spec is None:
         return _load_torchscript_teacher(name, weights, sha256, cache_dir)
-    if weights is not None and weights.strip().lower() == RANDOM_WEIGHTS:
+    if weights is not None and str(weights).strip().lower() == RANDOM_WEIGHTS:
         backbone = _random_backbone(spec)
     else:
-        path = resolve_weights(weights or spec.url, sha256=sha256, cache_dir=cache_dir)
+        path = resolve_weights(str(weights or spec.url), sha256=sha256, cache_dir=cache_dir)
         backbone = load_dinov2_backbone(spec, path)
         logger.info("loaded teacher %s from %s", name, path)
     return Teacher(backbone, name=name, embed_dim=spec.vit.embed_dim)
@@ -151,9 +151,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "a plain state_dict in the official DINOv2 format (e.g. dinov2_vitb14_pretrain.pth)."
         ) from e
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise WeightsError(f"{path} does not hold a state_dict (a dict of tensors) but a {type(state_dict)}.")
+        found = f"keys {list(state_dict)[:5]}" if isinstance(state_dict, dict) else type(state_dict).__name__
+        raise WeightsError(
+            f"{path} does not hold a plain state_dict (parameter name -> tensor) but {found}. If it is a "
+            "training checkpoint, save its model's state_dict() to a file and pass that."
+        )
     # fp16/bf16 exports would otherwise make the model run in that precision; autocast is the caller's choice.
-    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if k not in _IGNORED_KEYS}
+    return {
+        k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if k not in _IGNORED_KEYS
+    }
 
 
 def _config_for(spec: TeacherSpec, state_dict: dict[str, torch.Tensor], path: Path) -> ViTConfig:
@@ -189,7 +195,9 @@ def _state_dict_problems(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
     return problems
 
 
-def _mismatch_message(spec: TeacherSpec, path: Path, state_dict: dict[str, torch.Tensor], problems: list[str]) -> str:
+def _mismatch_message(
+    spec: TeacherSpec, path: Path, state_dict: dict[str, torch.Tensor], problems: list[str]
+) -> str:
     guess = infer_teacher_name(state_dict)
     dim, depth, ffn = _architecture_of(state_dict)
     found = f"embed dim {dim}, depth {depth}, {ffn} FFN"
@@ -227,7 +235,12 @@ def _load_torchscript_teacher(
         )
     path = resolve_weights(source, sha256=sha256, cache_dir=cache_dir)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch marks TorchScript deprecated; loading a user's existing file is still what was asked for.
+            warnings.filterwarnings(
+                "ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning
+            )
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # RuntimeError for most non-TorchScript files, others for odd archives
         raise WeightsError(
             f"{source} is neither a known teacher ({available_teachers()}) nor a TorchScript file "
@@ -246,7 +259,9 @@ def _probe_embed_dim(module: nn.Module, source: str, size: int = 224) -> int:
         try:
             out = module(torch.zeros(1, 3, size, size))
         except Exception as e:
-            raise WeightsError(f"TorchScript teacher {source} fails on a (1, 3, {size}, {size}) input: {e}") from e
+            raise WeightsError(
+                f"TorchScript teacher {source} fails on a (1, 3, {size}, {size}) input: {e}"
+            ) from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise WeightsError(

@@ -148,4 +148,6 @@ def _check_images(images: torch.Tensor, patch_size: int) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
     if min(images.shape[-2:]) < patch_size:
-        raise ValueError(f"images must be at least {patch_size} x {patch_size} pixels, got {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be at least {patch_size} x {patch_size} pixels, got {tuple(images.shape)}"
+        )

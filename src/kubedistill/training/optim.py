@@ -41,7 +41,7 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 (torch's signature)
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -24,7 +24,7 @@ from kubedistill.models.export import StudentMetadata, export_student, load_stud
 from kubedistill.models.students import Student, build_student
 from kubedistill.models.teachers import load_teacher
 from kubedistill.training import distributed
-from kubedistill.training.checkpoint import LAST, CheckpointError, load_checkpoint, save_checkpoint
+from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
 from kubedistill.training.optim import build_optimizer, resolve_warmup_epochs, set_lr, warmup_cosine_schedule
 from kubedistill.training.outdir import OutputLayout, prepare_output_dir
@@ -47,6 +47,7 @@ class TrainResult:
     exported: Path
     steps: int
     final_loss: float | None
+    failed_images: int = 0
     already_finished: bool = False
 
 
@@ -256,7 +257,9 @@ class Trainer:
             logger.info("the run in %s already finished (%d steps): nothing to do", self.layout.root, self.step)
             if self.is_main and not self.layout.exported.exists():
                 self.export()
-            return TrainResult(self.layout.root, self.layout.exported, self.step, None, already_finished=True)
+            return TrainResult(
+                self.layout.root, self.layout.exported, self.step, None, self.failures.num_failed, already_finished=True
+            )
         every = self.config.checkpoint_every_n_steps or DEFAULT_CHECKPOINT_EVERY_N_STEPS
         progress = Progress(total_steps=self.total_steps, start_step=self.step, enabled=self.is_main)
         self.method.train()
@@ -285,7 +288,9 @@ class Trainer:
         if self.is_main:
             self.export()
         logger.info("finished %d steps; student exported to %s", self.step, self.layout.exported)
-        return TrainResult(self.layout.root, self.layout.exported, self.step, self.last_loss)
+        return TrainResult(
+            self.layout.root, self.layout.exported, self.step, self.last_loss, self.failures.num_failed
+        )
 
     def _epoch_batches(self):
         """Batches of the current epoch from where the run stands; skips those a resumed run already used."""
@@ -294,9 +299,19 @@ class Trainer:
         if self.batch_in_epoch:
             batches = itertools.islice(batches, self.batch_in_epoch, None)
         for batch in batches:
-            self.failures.update(batch["failures"])
+            if batch["failures"]:
+                self._record_failures(batch["failures"])
             self.batch_in_epoch += 1
             yield batch["image"]
+
+    def _record_failures(self, failures: list[tuple[str, str]]) -> None:
+        known = set(self.failures.failed_paths)
+        new = {path: reason for path, reason in failures if path not in known}
+        for path, reason in new.items():
+            logger.warning("skipped unreadable image %s (%s)", path, reason)
+        self.failures.update(failures)  # raises DataError past loader_args.max_bad_fraction
+        if new:
+            logger.warning("%d unreadable image(s) skipped so far", self.failures.num_failed)
 
     def _train_step(self, images: torch.Tensor) -> torch.Tensor:
         set_lr(self.optimizer, self.schedule[self.step])

@@ -80,6 +80,6 @@ class TeacherQueue(nn.Module):
             return None
         return torch.arange(self.size, device=self.vectors.device) < self._filled
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._filled = int(self.num_filled)

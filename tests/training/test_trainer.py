@@ -1,0 +1,127 @@
+"""End-to-end training on CPU with a small random teacher: the output layout, export, failures, reuse of out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import kubedistill
+from kubedistill.errors import ConfigError, DataError, OutputDirError
+from kubedistill.models.students import build_student
+from kubedistill.training.checkpoint import load_checkpoint
+
+FAST = {
+    "model": "torchvision/resnet18",
+    "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
+    "transform_args": {"image_size": [28, 28]},
+    "batch_size": 8,
+    "num_workers": 0,
+    "accelerator": "cpu",
+}
+
+
+def _train(out: Path, data: Path, **overrides):
+    return kubedistill.train(out=out, data=data, **{**FAST, **overrides})
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_the_layout_and_export_matches_training_weights(tmp_path, image_folder):
+    out = tmp_path / "run"
+    result = _train(out, image_folder, epochs=2, log_every_n_steps=4, checkpoint_every_n_steps=5)
+    assert result.steps == 16  # 64 images / batch 8 x 2 epochs
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "checkpoints/last.pt", "exported/student.pt"):
+        assert (out / name).is_file(), name
+    # Periodic checkpoints at steps 5, 10, 15 and the final one at 16; the newest 3 are kept.
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*.pt")) == [
+        "step-00000010.pt", "step-00000015.pt", "step-00000016.pt",
+    ]
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["resolved"]["queue_size"] == 32  # 64 images -> the <100 bucket
+    assert config["resolved"]["total_steps"] == 16
+    assert config["optim_args"]["lr"] == 1.8 and config["optim"] == "lars"
+
+    records = _metrics(out)
+    assert [r["step"] for r in records] == [4, 8, 12, 16]
+    assert [r["epoch"] for r in records] == [0, 0, 1, 1]
+    assert set(records[0]) == {"step", "epoch", "loss", "lr", "images_per_second"}
+    assert all(r["loss"] > 0 and r["images_per_second"] > 0 for r in records)
+    assert "step 16/16 loss" in (out / "train.log").read_text()
+
+    # The exported student gives the same features as the trained weights in the final checkpoint.
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["step"] == 16
+    trained = build_student("torchvision/resnet18")
+    trained.load_state_dict({k.removeprefix("student."): v for k, v in state["model"].items() if k.startswith("student.")})
+    loaded = kubedistill.load_student(out / "exported" / "student.pt")
+    assert loaded.metadata.image_size == (28, 28) and loaded.feature_dim == 512
+    assert not loaded.training
+    images = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), trained.eval()(images), atol=1e-6)
+    meta = json.loads((out / "exported" / "student.json").read_text())
+    assert meta["model"] == "torchvision/resnet18" and meta["normalize"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, image_folder):
+    bad = image_folder / "part0" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 3)
+    result = _train(tmp_path / "run", image_folder, epochs=1)
+    assert result.steps == 8 and result.failed_images == 1
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"skipped unreadable image {bad}" in log
+
+
+def test_too_many_corrupt_images_stop_the_run_with_a_clear_error(tmp_path, image_folder):
+    for i in range(8):
+        (image_folder / f"broken{i}.jpg").write_bytes(b"junk")
+    with pytest.raises(DataError, match="could not be decoded.*max_bad_fraction=0.05"):
+        _train(tmp_path / "run", image_folder, epochs=1)
+
+
+def test_non_empty_out_is_refused_then_overwritten_or_resumed(tmp_path, image_folder):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty.*overwrite=true"):
+        _train(out, image_folder, epochs=1)
+    _train(out, image_folder, epochs=1, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"  # overwrite removes only a run's own files
+    first = (out / "exported" / "student.pt").read_bytes()
+
+    # Resuming a finished run does nothing and succeeds (a restarted pod after completion must not fail).
+    result = _train(out, image_folder, epochs=1, resume_interrupted=True)
+    assert result.already_finished and result.steps == 8
+    assert (out / "exported" / "student.pt").read_bytes() == first
+
+
+def test_checkpoint_starts_a_new_run_from_earlier_weights(tmp_path, image_folder):
+    first = tmp_path / "first"
+    _train(first, image_folder, epochs=1)
+    second = tmp_path / "second"
+    _train(second, image_folder, max_steps=1, checkpoint=first / "exported" / "student.pt", log_every_n_steps=1)
+    # After one step at a tiny warmup lr the weights are still close to the first run's, far from a fresh init.
+    a = kubedistill.load_student(first / "exported" / "student.pt").student.state_dict()
+    b = kubedistill.load_student(second / "exported" / "student.pt").student.state_dict()
+    fresh = build_student("torchvision/resnet18").state_dict()
+    key = "backbone.conv1.weight"
+    assert (a[key] - b[key]).abs().max() < 0.1 * (a[key] - fresh[key]).abs().max()
+
+
+def test_bad_arguments_are_reported_together_before_any_work(tmp_path, image_folder):
+    with pytest.raises(ConfigError) as info:
+        kubedistill.train(out=tmp_path / "run", data=image_folder, model="torchvision/resnet18", epochs=0, seed="x")
+    assert len(info.value.problems) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_queue_larger_than_dataset_is_an_error(tmp_path, image_folder):
+    with pytest.raises(ConfigError, match="queue_size: 64 must be smaller than the number of images \\(64\\)"):
+        _train(tmp_path / "run", image_folder, epochs=1, method_args={**FAST["method_args"], "queue_size": 64})
