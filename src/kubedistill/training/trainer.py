@@ -24,6 +24,7 @@ from kubedistill.models.export import StudentMetadata, export_student, load_stud
 from kubedistill.models.students import Student, build_student
 from kubedistill.models.teachers import load_teacher
 from kubedistill.training import distributed
+from kubedistill.training.allocator import tune_glibc_malloc
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
 from kubedistill.training.optim import build_optimizer, resolve_warmup_epochs, set_lr, warmup_cosine_schedule
@@ -77,6 +78,8 @@ class Trainer:
         resume_path = self._prepare_output()
         setup_logging(self.layout.train_log, main_process=self.is_main)
         self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cpu":
+            tune_glibc_malloc()
         logger.info("device %s, precision %s, world size %d", self.device, self.precision.name, self.proc.world_size)
         torch.manual_seed(cfg.seed + self.proc.rank)
         self._setup_data()

@@ -1,0 +1,169 @@
+"""Training throughput and peak memory of `kubedistill train`, one variant per child process.
+
+Default: resnet18 student + dinov2/vitb14 teacher (random weights, the official architecture) at 224x224,
+global batch 32, on generated JPEGs, comparing the teacher in fp32 with the teacher in bf16 autocast
+(and the student in bf16 too, and the glibc allocator tuning off). Each variant runs in a fresh process so that
+its peak RSS is its own. Images/s is measured over the steps after the first `--warmup` ones.
+
+    .venv/bin/python benchmarks/train_speed.py [--steps 8] [--warmup 2] [--variants fp32,bf16-teacher,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VARIANTS = {
+    # name: (precision, extra environment)
+    "fp32": ("32-true", {}),
+    "bf16-teacher": ("bf16-teacher", {}),
+    "bf16-mixed": ("bf16-mixed", {}),
+    "bf16-teacher, malloc untuned": ("bf16-teacher", {"KUBEDISTILL_MALLOC_TUNING": "0"}),
+}
+
+
+def make_images(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"{i:05d}.jpg"
+        if not path.exists():
+            base = rng.random((8, 8, 3))
+            pixels = np.kron(base, np.ones((40, 40, 1))) + 0.1 * rng.random((320, 320, 3))
+            Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(path, quality=90)
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """Train in this process and print one JSON line: per-step throughput and peak RSS."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import kubedistill
+
+    out = Path(args.out)
+    start = time.perf_counter()
+    kubedistill.train(
+        out=out,
+        data=args.data,
+        model=args.model,
+        method_args={"teacher": args.teacher, "teacher_weights": "none"},
+        transform_args={"image_size": [args.image_size, args.image_size]},
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        epochs=1000,
+        precision=args.precision,
+        num_workers=args.num_workers,
+        accelerator="cpu",
+        log_every_n_steps=1,
+        overwrite=True,
+    )
+    wall = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    measured = [r["images_per_second"] for r in records[args.warmup :]]
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "images_per_second": statistics.median(measured),
+                "images_per_second_mean": len(measured) * args.batch_size / sum(args.batch_size / v for v in measured),
+                "peak_rss_mib": peak_self,
+                "peak_worker_rss_mib": peak_children,
+                "wall_s": wall,
+                "final_loss": records[-1]["loss"],
+            }
+        )
+    )
+
+
+def run_variant(name: str, args: argparse.Namespace, data: Path, workdir: Path) -> dict:
+    precision, extra_env = VARIANTS[name]
+    command = [
+        sys.executable, __file__, "--child", "--data", str(data), "--out", str(workdir / name.replace(" ", "_")),
+        "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--model", args.model,
+        "--teacher", args.teacher, "--num-workers", str(args.num_workers),
+    ]  # fmt: skip
+    env = {**os.environ, **extra_env}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"variant {name!r} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--model", default="torchvision/resnet18")
+    parser.add_argument("--teacher", default="dinov2/vitb14")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    args = parser.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    names = [v.strip() for v in args.variants.split(",")]
+    with tempfile.TemporaryDirectory(prefix="kubedistill-bench-") as tmp:
+        data = Path(tmp) / "images"
+        make_images(data, args.batch_size * (args.steps + 1))
+        results = {name: run_variant(name, args, data, Path(tmp)) for name in names}
+    print_table(args, results)
+
+
+def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    command = "make bench-train" if len(sys.argv) == 1 else "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
+    print(f"\n### Training step: {args.model} student + {args.teacher} teacher (random weights), "
+          f"{args.image_size}x{args.image_size}, global batch {args.batch_size}, CPU")
+    print(f"- command: `{command}`")
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {_torch_version()}")
+    print(f"- date: {datetime.date.today().isoformat()}; {args.steps} steps per variant, median over steps "
+          f"{args.warmup + 1}-{args.steps}")
+    print()
+    print("| variant | images/s (median) | images/s (mean) | peak RSS main (MiB) | peak RSS workers (MiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['images_per_second']:.2f} | {r['images_per_second_mean']:.2f} | "
+              f"{r['peak_rss_mib']:.0f} | {r['peak_worker_rss_mib']:.0f} |")
+    if "fp32" in results and "bf16-teacher" in results:
+        ratio = results["bf16-teacher"]["images_per_second"] / results["fp32"]["images_per_second"]
+        print(f"\nbf16 teacher vs fp32: {ratio:.2f}x")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+if __name__ == "__main__":
+    main()
