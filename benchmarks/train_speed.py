@@ -2,7 +2,7 @@
 
 Default: resnet18 student + dinov2/vitb14 teacher (random weights, the official architecture) at 224x224,
 global batch 32, on generated JPEGs, comparing the teacher in fp32 with the teacher in bf16 autocast
-(and the student in bf16 too, and the glibc allocator tuning off). Each variant runs in a fresh process so that
+(and the student in bf16 too, a DataLoader worker process, and the glibc allocator tuning off). Each variant runs in a fresh process so that
 its peak RSS is its own. Images/s is measured over the steps after the first `--warmup` ones.
 
     .venv/bin/python benchmarks/train_speed.py [--steps 8] [--warmup 2] [--variants fp32,bf16-teacher,...]
@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 VARIANTS = {
-    # name: (precision, extra environment)
-    "fp32": ("32-true", {}),
-    "bf16-teacher": ("bf16-teacher", {}),
-    "bf16-mixed": ("bf16-mixed", {}),
-    "bf16-teacher, malloc untuned": ("bf16-teacher", {"KUBEDISTILL_MALLOC_TUNING": "0"}),
+    # name: (precision, loader workers, extra environment)
+    "fp32": ("32-true", "auto", {}),
+    "bf16 teacher, fp32 student": ("bf16-teacher", "auto", {}),
+    "bf16-mixed (the CPU default)": ("auto", "auto", {}),
+    "bf16-mixed, 1 loader worker": ("bf16-mixed", "1", {}),
+    "bf16-mixed, malloc untuned": ("bf16-mixed", "auto", {"KUBEDISTILL_MALLOC_TUNING": "0"}),
 }
 
 
@@ -65,7 +66,7 @@ def run_child(args: argparse.Namespace) -> None:
         max_steps=args.steps,
         epochs=1000,
         precision=args.precision,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers if args.num_workers == "auto" else int(args.num_workers),
         accelerator="cpu",
         log_every_n_steps=1,
         overwrite=True,
@@ -90,12 +91,12 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 def run_variant(name: str, args: argparse.Namespace, data: Path, workdir: Path) -> dict:
-    precision, extra_env = VARIANTS[name]
+    precision, workers, extra_env = VARIANTS[name]
     command = [
         sys.executable, __file__, "--child", "--data", str(data), "--out", str(workdir / name.replace(" ", "_")),
         "--precision", precision, "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--model", args.model,
-        "--teacher", args.teacher, "--num-workers", str(args.num_workers),
+        "--teacher", args.teacher, "--num-workers", workers,
     ]  # fmt: skip
     env = {**os.environ, **extra_env}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -116,18 +117,31 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--model", default="torchvision/resnet18")
     parser.add_argument("--teacher", default="dinov2/vitb14")
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--num-workers", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated, from: " + "; ".join(VARIANTS))
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per variant, interleaved (this VM's speed drifts between runs)"
+    )
     args = parser.parse_args()
     if args.child:
         run_child(args)
         return
-    names = [v.strip() for v in args.variants.split(",")]
+    names = [v.strip() for v in args.variants.split(";")]
     with tempfile.TemporaryDirectory(prefix="kubedistill-bench-") as tmp:
         data = Path(tmp) / "images"
         make_images(data, args.batch_size * (args.steps + 1))
-        results = {name: run_variant(name, args, data, Path(tmp)) for name in names}
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for repeat in range(args.repeats):
+            for name in names:
+                runs[name].append(run_variant(name, args, data, Path(tmp) / str(repeat)))
+                print(f"{name} (run {repeat + 1}): {json.dumps(runs[name][-1])}", flush=True)
+    results = {name: {**_median_run(r), "per_run": [x["images_per_second"] for x in r]} for name, r in runs.items()}
     print_table(args, results)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per key, the median over repeated runs (for two runs: their mean)."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
@@ -136,17 +150,19 @@ def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
           f"{args.image_size}x{args.image_size}, global batch {args.batch_size}, CPU")
     print(f"- command: `{command}`")
     print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {_torch_version()}")
-    print(f"- date: {datetime.date.today().isoformat()}; {args.steps} steps per variant, median over steps "
-          f"{args.warmup + 1}-{args.steps}")
+    print(f"- date: {datetime.date.today().isoformat()}; {args.steps} steps per run, median over steps "
+          f"{args.warmup + 1}-{args.steps}; {args.repeats} interleaved runs per variant, median of runs")
     print()
-    print("| variant | images/s (median) | images/s (mean) | peak RSS main (MiB) | peak RSS workers (MiB) |")
+    print("| variant | images/s | images/s per run | peak RSS main (MiB) | peak RSS workers (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['images_per_second']:.2f} | {r['images_per_second_mean']:.2f} | "
+        per_run = ", ".join(f"{v:.2f}" for v in r["per_run"])
+        print(f"| {name} | {r['images_per_second']:.2f} | {per_run} | "
               f"{r['peak_rss_mib']:.0f} | {r['peak_worker_rss_mib']:.0f} |")
-    if "fp32" in results and "bf16-teacher" in results:
-        ratio = results["bf16-teacher"]["images_per_second"] / results["fp32"]["images_per_second"]
-        print(f"\nbf16 teacher vs fp32: {ratio:.2f}x")
+    if "fp32" in results:
+        print()
+        for name, r in results.items():
+            print(f"- {name}: {r['images_per_second'] / results['fp32']['images_per_second']:.2f}x fp32")
 
 
 def _cpu_name() -> str:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -6,22 +7,8 @@ from kubedistill.config import build_train_config, method_defaults, parse_key_va
 from kubedistill.errors import ConfigError
 from kubedistill.methods.distillation.args import AdamWArgs, LARSArgs
 
-# The seed page's "Default Augmentation Settings" block, verbatim.
-SEED_TRANSFORM_DEFAULTS = json.loads(
-    """
-{
-"color_jitter": {"brightness": 0.8, "contrast": 0.8, "hue": 0.2, "prob": 0.8, "saturation": 0.4, "strength": 0.5},
-"gaussian_blur": {"blur_limit": 0, "prob": 1.0, "sigmas": [0.0, 0.1]},
-"image_size": [224, 224],
-"normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-"random_flip": {"horizontal_prob": 0.5, "vertical_prob": 0.0},
-"random_gray_scale": 0.2,
-"random_resize": {"max_scale": 1.0, "min_scale": 0.14},
-"random_rotation": null,
-"solarize": null
-}
-"""
-)
+# The seed page's "Default Augmentation Settings" block, verbatim (shared/seed/distillation.md).
+SEED_TRANSFORM_DEFAULTS = json.loads((Path(__file__).parent / "seed_transform_defaults.json").read_text())
 
 BASE = {"out": "out/x", "data": "imgs", "model": "torchvision/resnet18"}
 

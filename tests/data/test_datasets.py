@@ -205,6 +205,16 @@ def test_auto_num_workers(monkeypatch: pytest.MonkeyPatch, cpus: int, local: int
     assert resolve_num_workers("auto", world_size_local=local) == expected
 
 
+@pytest.mark.parametrize("cpus,local,expected", [(2, 1, 0), (7, 1, 0), (8, 1, 1), (32, 1, 4), (128, 1, 8), (32, 2, 2)])
+def test_auto_num_workers_when_the_model_computes_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, local: int, expected: int
+) -> None:
+    """CPU training keeps the cores for the model's threads: one loader worker per 8 CPUs."""
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    monkeypatch.setattr(D, "_cgroup_cpu_quota", lambda: None)
+    assert resolve_num_workers("auto", world_size_local=local, compute_on_cpu=True) == expected
+
+
 def test_auto_num_workers_respects_a_cgroup_quota(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("200000 100000\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,54 +24,8 @@ from kubedistill.data.transforms import (
     SolarizeArgs,
 )
 
-# Verbatim from the seed page (shared/seed/distillation.md, "Default Augmentation Settings").
-SEED_DEFAULTS_JSON = """
-{
-"color_jitter": {
-"brightness": 0.8,
-"contrast": 0.8,
-"hue": 0.2,
-"prob": 0.8,
-"saturation": 0.4,
-"strength": 0.5
-},
-"gaussian_blur": {
-"blur_limit": 0,
-"prob": 1.0,
-"sigmas": [
-0.0,
-0.1
-]
-},
-"image_size": [
-224,
-224
-],
-"normalize": {
-"mean": [
-0.485,
-0.456,
-0.406
-],
-"std": [
-0.229,
-0.224,
-0.225
-]
-},
-"random_flip": {
-"horizontal_prob": 0.5,
-"vertical_prob": 0.0
-},
-"random_gray_scale": 0.2,
-"random_resize": {
-"max_scale": 1.0,
-"min_scale": 0.14
-},
-"random_rotation": null,
-"solarize": null
-}
-"""
+# The seed page's "Default Augmentation Settings" block, verbatim.
+SEED_DEFAULTS = json.loads((Path(__file__).parents[1] / "seed_transform_defaults.json").read_text())
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -124,7 +79,7 @@ def gradient_image(height: int = 64, width: int = 64) -> torch.Tensor:
 
 
 def test_defaults_equal_the_seed_page_json() -> None:
-    assert DistillationTransformArgs().to_dict() == json.loads(SEED_DEFAULTS_JSON)
+    assert DistillationTransformArgs().to_dict() == SEED_DEFAULTS
 
 
 def test_to_dict_is_json_and_round_trips() -> None:

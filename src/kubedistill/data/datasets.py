@@ -223,15 +223,22 @@ def make_dataloader(
     )
 
 
-def resolve_num_workers(num_workers: int | Literal["auto"], *, world_size_local: int = 1) -> int:
+def resolve_num_workers(
+    num_workers: int | Literal["auto"], *, world_size_local: int = 1, compute_on_cpu: bool = False
+) -> int:
     """Loader worker processes per training process.
 
     "auto" shares the CPUs this process may use (affinity and, in a container, the cgroup CPU quota) among the
-    ``world_size_local`` training processes of this machine, keeps one CPU per process for the process itself,
-    and caps the result at 8 (more rarely helps and costs memory): 0 on a 1-CPU machine, 1 on 2 CPUs.
+    ``world_size_local`` training processes of this machine. With an accelerator, one CPU per process stays
+    with the process itself and the rest decode (capped at 8: more rarely helps and costs memory). When the
+    model itself computes on the CPU, decoding is a small share of a step and every worker takes a core from
+    the model's threads (which then wait on each other): one worker per 8 CPUs, so 0 (decoding in the
+    training process) below 8 CPUs. BENCHMARKS.md has the measurement.
     """
     if num_workers == "auto":
         per_process = _available_cpus() // max(1, world_size_local)
+        if compute_on_cpu:
+            return min(8, per_process // 8)
         return max(0, min(8, per_process - 1))
     if isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0:
         return num_workers

@@ -9,7 +9,6 @@ BENCHMARKS.md measures the effect; set KUBEDISTILL_MALLOC_TUNING=0 to leave the 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -26,13 +25,10 @@ def tune_glibc_malloc() -> bool:
     """Raise glibc's mmap/trim thresholds for this process; True if applied (glibc found and not disabled)."""
     if os.environ.get("KUBEDISTILL_MALLOC_TUNING", "1") == "0":
         return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or a non-glibc platform
+        # The soname, not ctypes.util.find_library: that forks `ldconfig` from a multi-GB training process.
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl, macOS or another non-glibc platform
         return False
     applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     if applied:

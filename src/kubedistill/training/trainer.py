@@ -137,10 +137,8 @@ class Trainer:
         self.transform = DistillationTransform(cfg.transform_args)
         self.dataset = ImageDataset(files, self.transform)
         self.per_device_batch = cfg.batch_size // self.proc.world_size
-        num_workers = (
-            resolve_num_workers("auto", world_size_local=self.proc.local_world_size)
-            if cfg.num_workers == "auto"
-            else cfg.num_workers
+        num_workers = resolve_num_workers(
+            cfg.num_workers, world_size_local=self.proc.local_world_size, compute_on_cpu=self.device.type == "cpu"
         )
         pin = cfg.loader_args.pin_memory
         self.loader = make_dataloader(
