@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypedDict
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from kubedistill.data.images import ImageDecodeError, read_image
+from kubedistill.data.samplers import SampleKey, ShardedEpochSampler, sample_seed
 from kubedistill.errors import ConfigError, DataError
 
 __all__ = [
@@ -53,6 +54,7 @@ class ImageDataset(Dataset[Sample]):
         transform: called on the decoded uint8 (3, H, W) tensor, e.g. a ``DistillationTransform``.
         max_retries: substitutes to try after a failure before giving up with ``DataError``.
         loader: path -> uint8 (3, H, W) tensor; ``read_image`` by default (swap it for remote storage).
+        seed: base of the per-sample augmentation seeds used with (epoch, index) keys.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ImageDataset(Dataset[Sample]):
         *,
         max_retries: int = 16,
         loader: Callable[[str], torch.Tensor] = read_image,
+        seed: int = 0,
     ):
         if len(files) == 0:
             raise DataError("The dataset has no files: check the data source or the manifest.")
@@ -71,13 +74,24 @@ class ImageDataset(Dataset[Sample]):
         self.transform = transform
         self.max_retries = max_retries
         self.loader = loader
+        self.seed = seed
         self._step = _coprime_step(len(self.files))
         self._warned: set[str] = set()  # per process: each DataLoader worker warns once per bad file
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | SampleKey) -> Sample:
+        """``key``: an index, or (epoch, index) from ShardedEpochSampler; then the augmentation is seeded from
+        (seed, epoch, index) and does not depend on worker assignment or on earlier samples."""
+        if isinstance(key, int):
+            return self._load(key)
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self._load(index)
+
+    def _load(self, index: int) -> Sample:
         failures: list[Failure] = []
         for attempt in range(self.max_retries + 1):
             # Golden-ratio stepping lands substitutes far apart, away from a cluster of bad files
@@ -191,23 +205,18 @@ def make_dataloader(
 ) -> DataLoader[Sample]:
     """A loader over this rank's shard of ``dataset``, batched with ``collate``.
 
-    The sampler is a ``DistributedSampler`` (also for world_size 1, so a single process runs the same code):
-    every rank gets a disjoint, equally long shard, reshuffled each epoch from ``seed``. The caller must call
-    ``loader.sampler.set_epoch(epoch)`` before each epoch or every epoch repeats the first one's order.
-
-    Augmentation randomness: the loader's generator is seeded from (seed, rank), and DataLoader seeds worker
-    w with a base seed from it plus w, so ranks and workers draw different augmentations, reproducibly.
+    The sampler is a ``ShardedEpochSampler`` (also for world_size 1, so a single process runs the same code):
+    every rank gets a disjoint, equally long shard of the epoch's seeded permutation. The caller must call
+    ``loader.sampler.set_epoch(epoch, start)`` before each epoch (``start`` skips items a resumed run already
+    used). Items are (epoch, index) keys, so each sample's augmentation is seeded from (seed, epoch, index)
+    and does not depend on the number of workers or on which worker loads it.
     """
     if batch_size <= 0 or num_workers < 0 or world_size <= 0 or not 0 <= rank < world_size:
         raise ValueError(
             f"make_dataloader: need batch_size > 0, num_workers >= 0 and 0 <= rank < world_size; got "
             f"batch_size={batch_size}, num_workers={num_workers}, rank={rank}, world_size={world_size}"
         )
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-    )
-    generator = torch.Generator()
-    generator.manual_seed(seed * 1_000_003 + rank)
+    sampler = ShardedEpochSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
     workers = num_workers > 0  # DataLoader rejects the two worker options without workers
     return DataLoader(
         dataset,
@@ -217,7 +226,6 @@ def make_dataloader(
         collate_fn=collate,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        generator=generator,
         persistent_workers=persistent_workers and workers,
         prefetch_factor=prefetch_factor if workers else None,
     )

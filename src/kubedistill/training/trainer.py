@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -81,7 +80,9 @@ class Trainer:
         if self.device.type == "cpu":
             tune_glibc_malloc()
         logger.info("device %s, precision %s, world size %d", self.device, self.precision.name, self.proc.world_size)
-        torch.manual_seed(cfg.seed + self.proc.rank)
+        # The same seed on every rank: models (a random teacher too) are built identically everywhere. Per-rank
+        # randomness has its own streams (mixup generator, per-sample augmentation seeds).
+        torch.manual_seed(cfg.seed)
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
@@ -94,17 +95,20 @@ class Trainer:
         self.metrics = MetricsWriter(self.layout.metrics)
 
     def _check_world(self) -> None:
+        """Under torchrun the launch decides the process layout; without it, asking for more is an error."""
         cfg, world, local = self.config, self.proc.world_size, self.proc.local_world_size
+        nodes = world // local
         problems = []
-        if cfg.devices != "auto" and cfg.devices != local:
+        if world == 1 and ((cfg.devices != "auto" and cfg.devices > 1) or cfg.num_nodes > 1):
             problems.append(
-                f"devices: {cfg.devices} requested but {local} process(es) run on this node; start one process per "
-                f"device with `torchrun --nproc-per-node={cfg.devices} -m kubedistill train ...`"
+                f"devices={cfg.devices} num_nodes={cfg.num_nodes} need one process per device: start with "
+                f"`torchrun --nnodes={cfg.num_nodes} --nproc-per-node={cfg.devices} -m kubedistill train ...` "
+                "(on a cluster, the PyTorchJob launcher does this)"
             )
-        if cfg.num_nodes != world // local:
-            problems.append(
-                f"num_nodes: {cfg.num_nodes} requested but the launch has {world // local} node(s); "
-                f"launch with `torchrun --nnodes={cfg.num_nodes} ...` on every node"
+        elif world > 1 and ((cfg.devices not in ("auto", local)) or cfg.num_nodes not in (1, nodes)):
+            logger.warning(
+                "devices=%s num_nodes=%s differ from the torchrun launch (%d process(es) per node, %d node(s)): "
+                "the launch wins", cfg.devices, cfg.num_nodes, local, nodes,
             )
         if cfg.batch_size % world:
             problems.append(
@@ -114,15 +118,20 @@ class Trainer:
             raise ConfigError(problems)
 
     def _prepare_output(self) -> Path | None:
-        # Rank 0 alone inspects and prepares the folder; the others wait, then read its decision.
+        # Rank 0 alone inspects and prepares the folder; the others wait at the barrier, then follow its
+        # decision (a late rank must not refuse the folder rank 0 has just filled).
+        # After torchrun restarted the workers (--max-restarts), resume without being asked.
+        resume = self.config.resume_interrupted or (
+            distributed.is_elastic_restart() and self.layout.last_checkpoint.exists()
+        )
         resume_path = None
         if self.is_main:
-            resume_path = prepare_output_dir(
-                self.layout, overwrite=self.config.overwrite, resume=self.config.resume_interrupted
-            )
+            resume_path = prepare_output_dir(self.layout, overwrite=self.config.overwrite, resume=resume)
         distributed.barrier()
-        if not self.is_main and (self.config.resume_interrupted and self.layout.last_checkpoint.exists()):
+        if not self.is_main and resume:
             resume_path = self.layout.last_checkpoint
+        if resume_path is not None and distributed.is_elastic_restart():
+            logger.warning("torchrun restarted the workers: resuming from %s", resume_path)
         return resume_path
 
     def _setup_data(self) -> None:
@@ -135,7 +144,7 @@ class Trainer:
                 "lower batch_size or add images"
             )
         self.transform = DistillationTransform(cfg.transform_args)
-        self.dataset = ImageDataset(files, self.transform)
+        self.dataset = ImageDataset(files, self.transform, seed=cfg.seed)
         self.per_device_batch = cfg.batch_size // self.proc.world_size
         num_workers = resolve_num_workers(
             cfg.num_workers, world_size_local=self.proc.local_world_size, compute_on_cpu=self.device.type == "cpu"
@@ -193,7 +202,11 @@ class Trainer:
         if self.device.type == "cuda":
             # Convolutions run faster in NHWC on tensor cores; harmless for other architectures.
             self.method.student.to(memory_format=torch.channels_last)
-        self.mixup_generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.proc.rank)
+        # The optimizer and checkpoints use self.method; the forward pass goes through the DDP wrapper.
+        self.model = distributed.wrap_ddp(self.method, self.device)
+        # Re-seeded every step from (seed, rank, step): a resumed run, on any rank, mixes exactly as the
+        # uninterrupted one without saving per-rank RNG state.
+        self.mixup_generator = torch.Generator()
         logger.info(
             "student %s (%d-d) -> teacher %s (%d-d), queue %d", cfg.model, student.feature_dim, margs.teacher,
             teacher.embed_dim, queue_size,
@@ -245,7 +258,6 @@ class Trainer:
         self.failures.load_state_dict(state["failures"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.set_rng_state(state["rng"]["torch"])
-        self.mixup_generator.set_state(state["rng"]["mixup"])
         self.already_finished = self.step >= self.total_steps
         if self.is_main:
             MetricsWriter(self.layout.metrics).truncate_after(self.step)
@@ -294,12 +306,10 @@ class Trainer:
         )
 
     def _epoch_batches(self):
-        """Batches of the current epoch from where the run stands; skips those a resumed run already used."""
-        self.loader.sampler.set_epoch(self.epoch)
-        batches = iter(self.loader)
-        if self.batch_in_epoch:
-            batches = itertools.islice(batches, self.batch_in_epoch, None)
-        for batch in batches:
+        """Batches of the current epoch from where the run stands: a resumed run skips the batches it already
+        trained on without loading them, and gets the same images and augmentations as an uninterrupted run."""
+        self.loader.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.per_device_batch)
+        for batch in self.loader:
             if batch["failures"]:
                 self._record_failures(batch["failures"])
             self.batch_in_epoch += 1
@@ -316,10 +326,11 @@ class Trainer:
 
     def _train_step(self, images: torch.Tensor) -> torch.Tensor:
         set_lr(self.optimizer, self.schedule[self.step])
+        self.mixup_generator.manual_seed(step_seed(self.config.seed, self.proc.rank, self.step))
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        loss = self.method(
+        loss = self.model(
             images,
             gather=distributed.all_gather,
             generator=self.mixup_generator,
@@ -346,7 +357,7 @@ class Trainer:
             )
 
     def _log_step(self, loss: torch.Tensor, images_per_second: float, progress: Progress) -> None:
-        self.last_loss = float(loss)
+        self.last_loss = float(distributed.mean_across_ranks(loss))
         record = {
             "step": self.step,
             "epoch": self.epoch,
@@ -372,7 +383,7 @@ class Trainer:
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "failures": self.failures.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "mixup": self.mixup_generator.get_state()},
+            "rng": {"torch": torch.get_rng_state()},
         }
         path = save_checkpoint(state, self.layout.checkpoints, step=self.step, keep=KEEP_CHECKPOINTS)
         logger.info("checkpoint written: %s", path)
@@ -412,6 +423,11 @@ class Trainer:
             logger.warning("%d image(s) could not be decoded and were skipped", self.failures.num_failed)
         distributed.cleanup()
         close_logging()
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the per-step random draws of one rank (mixup's lambda and permutation)."""
+    return ((seed * 1_000_003 + rank) * 2_147_483_647 + step) % (2**63 - 1)
 
 
 def run_training(config: TrainConfig) -> TrainResult:
