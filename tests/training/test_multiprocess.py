@@ -179,3 +179,4 @@ def test_every_rank_holds_the_same_global_queue():
     assert torch.equal(q0, q1)
     # Newest global batch first: rank 0's two vectors, then rank 1's.
     assert not torch.equal(q0[0], q0[2])
+
