@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,17 +41,27 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process whose output goes to a temporary file: with pipes, a process that logs more than the
+    pipe buffer blocks until it is read, and waiting on another process first would deadlock."""
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(command, env=env or _env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
 def _torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", *args]
-    return subprocess.Popen(command, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _start([sys.executable, "-m", "torch.distributed.run", *args], env)
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
     outputs = []
     for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, err[-4000:]
-        outputs.append(out + err)
+        proc.wait(timeout=timeout)
+        proc.log.seek(0)
+        output = proc.log.read()
+        assert proc.returncode == 0, output[-4000:]
+        outputs.append(output)
     return outputs
 
 
@@ -97,10 +108,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, im
         "model=torchvision/squeezenet1_1", "method_args.mixup=false", "batch_size=16", "max_steps=6", "precision=32-true",
     ]  # fmt: skip
     single = tmp_path / "single"
-    _wait([subprocess.Popen(
-        [sys.executable, "-m", "kubedistill", "train", f"out={single}", f"data={image_folder}", *COMMON, *settings],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )])  # fmt: skip
+    _wait([_start([sys.executable, "-m", "kubedistill", "train", f"out={single}", f"data={image_folder}", *COMMON,
+                   *settings])])  # fmt: skip
     double, port = tmp_path / "double", _free_port()
     _wait([_torchrun(*_node_args(double, image_folder, port, r, *settings)) for r in (0, 1)])
     one, two = _losses(single), _losses(double)
@@ -118,8 +127,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, image_folder):
     settings = ["epochs=2", "batch_size=8", "checkpoint_every_n_steps=4", "num_workers=1"]
     straight = tmp_path / "straight"
     kubedistill_cli = [sys.executable, "-m", "kubedistill", "train", f"data={image_folder}", *COMMON, *settings]
-    _wait([subprocess.Popen([*kubedistill_cli, f"out={straight}"], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)])  # fmt: skip
+    _wait([_start([*kubedistill_cli, f"out={straight}"])])
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*kubedistill_cli, f"out={killed}"], env=_env(), stdout=subprocess.DEVNULL,
@@ -133,8 +141,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, image_folder):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "exported" / "student.pt").exists()
 
-    _wait([subprocess.Popen([*kubedistill_cli, f"out={killed}", "resume_interrupted=true"], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)])  # fmt: skip
+    _wait([_start([*kubedistill_cli, f"out={killed}", "resume_interrupted=true"])])
     a = kubedistill.load_student(straight / "exported" / "student.pt").state_dict()
     b = kubedistill.load_student(killed / "exported" / "student.pt").state_dict()
     # Tight: the same operations on the same inputs in the same order.
@@ -180,3 +187,40 @@ def test_every_rank_holds_the_same_global_queue():
     # Newest global batch first: rank 0's two vectors, then rank 1's.
     assert not torch.equal(q0[0], q0[2])
 
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def test_killed_worker_restarts_and_ends_with_the_uninterrupted_weights(tmp_path, image_folder):
+    """2 nodes, --max-restarts=1: SIGKILL node 1's training process after the step-4 checkpoint; torchrun
+    restarts the group, every rank resumes from the newest complete checkpoint, and the job completes."""
+    settings = ["epochs=2", "batch_size=16", "checkpoint_every_n_steps=2", "precision=32-true"]
+    straight, port = tmp_path / "straight", _free_port()
+    _wait([_torchrun(*_node_args(straight, image_folder, port, r, *settings)) for r in (0, 1)])
+
+    # Restarts use torchrun's c10d (elastic) rendezvous, as an elastic PyTorchJob does.
+    out, port = tmp_path / "killed", _free_port()
+    elastic = ["--nnodes=2", "--nproc-per-node=1", "--max-restarts=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=killed-worker-test"]  # fmt: skip
+    train = ["-m", "kubedistill", "train", f"out={out}", f"data={image_folder}", *COMMON, *settings]
+    procs = []
+    for _ in range(2):
+        procs.append(_torchrun(*elastic, *train))
+        time.sleep(0.5)  # the first agent hosts the rendezvous store
+    marker = out / "checkpoints" / "step-00000004.pt"
+    deadline = time.monotonic() + 180
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = _children(procs[1].pid)
+    assert marker.exists() and victims, "no checkpoint or no training process to kill"
+    os.kill(victims[0], signal.SIGKILL)
+    outputs = _wait(procs)
+    assert any("torchrun restarted the workers: resuming from" in o for o in outputs)
+    assert len(_losses(out)) == len(_losses(straight)) == 8
+    assert _losses(out) == pytest.approx(_losses(straight), rel=1e-5)
+    a = kubedistill.load_student(straight / "exported" / "student.pt").state_dict()
+    b = kubedistill.load_student(out / "exported" / "student.pt").state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-5) for k in a)

@@ -70,9 +70,34 @@ def init(device: torch.device, *, timeout: timedelta = DEFAULT_TIMEOUT) -> Proce
     info = launch_info()
     if info.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timeout)
+        store = _attempt_store(info, timeout)
+        dist.init_process_group(
+            backend=backend, store=store, rank=info.rank, world_size=info.world_size, timeout=timeout
+        )
         logger.info("process group ready: backend=%s rank=%d world_size=%d", backend, info.rank, info.world_size)
     return info
+
+
+def _attempt_store(info: ProcessInfo, timeout: timedelta) -> dist.Store:
+    """The rendezvous store, under a key prefix unique to this run and restart attempt.
+
+    After torchrun restarts a worker group (--max-restarts), the store still holds the previous attempt's
+    process-group keys (peer addresses); a restarted rank that comes up before its peers would read them and
+    try to connect to dead processes. A prefix per TORCHELASTIC_RESTART_COUNT keeps the attempts apart.
+    Under torchrun the agent hosts the store (TORCHELASTIC_USE_AGENT_STORE); otherwise rank 0 does.
+    """
+    env = os.environ
+    hosted_by_agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        info.world_size,
+        is_master=info.rank == 0 and not hosted_by_agent,
+        timeout=timeout,
+    )
+    run_id = env.get("TORCHELASTIC_RUN_ID", "none")
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"kubedistill/{run_id}/attempt-{attempt}", store)
 
 
 def is_initialized() -> bool:

@@ -418,10 +418,13 @@ class Trainer:
         }
         return resolved
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, failed: bool = False) -> None:
         if hasattr(self, "failures") and self.failures.num_failed:
             logger.warning("%d image(s) could not be decoded and were skipped", self.failures.num_failed)
-        distributed.cleanup()
+        # After a failure a peer may be dead: tearing the process group down would block on it, and the
+        # process is about to exit anyway (torchrun restarts or fails the group).
+        if not failed:
+            distributed.cleanup()
         close_logging()
 
 
@@ -434,6 +437,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     trainer = Trainer(config)
     try:
         trainer.setup()
-        return trainer.train()
-    finally:
-        trainer.cleanup()
+        result = trainer.train()
+    except BaseException:
+        trainer.cleanup(failed=True)
+        raise
+    trainer.cleanup()
+    return result
