@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_speed import make_images  # noqa: E402
+from train_speed import make_images
 
 
 def _free_port() -> int:

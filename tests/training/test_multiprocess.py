@@ -44,7 +44,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a process whose output goes to a temporary file: with pipes, a process that logs more than the
     pipe buffer blocks until it is read, and waiting on another process first would deadlock."""
-    log = tempfile.TemporaryFile(mode="w+")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed with the Popen object)
     proc = subprocess.Popen(command, env=env or _env(), stdout=log, stderr=subprocess.STDOUT, text=True)
     proc.log = log  # type: ignore[attr-defined]
     return proc
@@ -55,14 +55,25 @@ def _torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
+    deadline = time.monotonic() + timeout
     outputs = []
     for proc in procs:
-        proc.wait(timeout=timeout)
-        proc.log.seek(0)
-        output = proc.log.read()
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            logs = [_read(p)[-3000:] for p in procs]
+            raise AssertionError("timed out; output tails:\n" + "\n-----\n".join(logs)) from None
+        output = _read(proc)
         assert proc.returncode == 0, output[-4000:]
         outputs.append(output)
     return outputs
+
+
+def _read(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def _losses(out: Path) -> list[float]:

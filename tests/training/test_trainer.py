@@ -125,3 +125,28 @@ def test_bad_arguments_are_reported_together_before_any_work(tmp_path, image_fol
 def test_queue_larger_than_dataset_is_an_error(tmp_path, image_folder):
     with pytest.raises(ConfigError, match="queue_size: 64 must be smaller than the number of images \\(64\\)"):
         _train(tmp_path / "run", image_folder, epochs=1, method_args={**FAST["method_args"], "queue_size": 64})
+
+
+def _world_problems(world_size: int, local: int, **overrides) -> list[str]:
+    from kubedistill.config import build_train_config
+    from kubedistill.training.distributed import ProcessInfo
+    from kubedistill.training.trainer import Trainer
+
+    trainer = Trainer(build_train_config({"out": "o", "data": "d", "model": "torchvision/resnet18", **overrides}))
+    trainer.proc = ProcessInfo(rank=0, world_size=world_size, local_rank=0, local_world_size=local)
+    try:
+        trainer._check_world()
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def test_global_batch_must_split_evenly_over_processes():
+    assert _world_problems(2, 1, batch_size=16) == []
+    problems = _world_problems(4, 2, batch_size=30)
+    assert problems == ["batch_size: the global batch 30 is not divisible by the world size 4"]
+
+
+def test_more_devices_without_torchrun_explains_how_to_launch():
+    problems = _world_problems(1, 1, devices=2, num_nodes=2)
+    assert len(problems) == 1 and "torchrun --nnodes=2 --nproc-per-node=2 -m kubedistill train" in problems[0]

@@ -172,6 +172,20 @@ def broadcast_int(value: int, device: torch.device) -> int:
     return int(tensor.item())
 
 
+def abort_process(exit_code: int = 1) -> None:
+    """Exit now, after printing the current exception: a rank whose peer died must not wait at interpreter
+    shutdown, where tearing down the process group blocks on the dead peer and keeps torchrun from restarting
+    the group (--max-restarts)."""
+    import sys
+    import traceback
+
+    traceback.print_exc()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
 def cleanup() -> None:
     if is_initialized():
         dist.destroy_process_group()

@@ -49,7 +49,7 @@ def prepare_output_dir(layout: OutputLayout, *, overwrite: bool, resume: bool) -
     """Create or check ``layout.root``; returns the checkpoint to resume from, if any.
 
     A non-empty folder is refused unless ``overwrite`` (the previous run's files are removed) or ``resume``
-    (it must hold checkpoints/last.pt).
+    (it must hold checkpoints/last.pt; an empty or missing folder starts a new run).
     """
     root = layout.root
     if root.exists() and not root.is_dir():
@@ -57,6 +57,12 @@ def prepare_output_dir(layout: OutputLayout, *, overwrite: bool, resume: bool) -
     if resume:
         if layout.last_checkpoint.exists():
             return layout.last_checkpoint
+        if not root.exists() or not any(root.iterdir()):
+            # A launcher may always pass resume_interrupted=true (a PyTorchJob pod that Kubernetes restarts
+            # must resume; its first start finds nothing): with nothing there, start the run.
+            logger.info("resume_interrupted=true but %s holds no run yet: starting a new one", root)
+            root.mkdir(parents=True, exist_ok=True)
+            return None
         raise OutputDirError(
             f"resume_interrupted=true but {layout.last_checkpoint} does not exist: there is nothing to resume. "
             "Start without resume_interrupted (a fresh run) or point out= at the interrupted run"

@@ -440,6 +440,8 @@ def run_training(config: TrainConfig) -> TrainResult:
         result = trainer.train()
     except BaseException:
         trainer.cleanup(failed=True)
+        if distributed.is_initialized():
+            distributed.abort_process()
         raise
     trainer.cleanup()
     return result
