@@ -128,7 +128,7 @@ class Trainer:
         if self.is_main:
             resume_path = prepare_output_dir(self.layout, overwrite=self.config.overwrite, resume=resume)
         distributed.barrier()
-        if not self.is_main and resume:
+        if not self.is_main and resume and self.layout.last_checkpoint.exists():
             resume_path = self.layout.last_checkpoint
         if resume_path is not None and distributed.is_elastic_restart():
             logger.warning("torchrun restarted the workers: resuming from %s", resume_path)
