@@ -70,6 +70,17 @@ def test_train_writes_the_layout_and_export_matches_training_weights(tmp_path, i
     assert meta["model"] == "torchvision/resnet18" and meta["normalize"]["mean"] == [0.485, 0.456, 0.406]
 
 
+def test_epoch_ends_are_checkpointed(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setattr("kubedistill.training.trainer.EPOCH_END_MIN_INTERVAL_S", 0.0)
+    out = tmp_path / "run"
+    _train(out, image_folder, epochs=3, checkpoint_every_n_steps=100)
+    # 8 steps per epoch: the ends of epochs 1 and 2, then the final checkpoint.
+    names = sorted(p.name for p in (out / "checkpoints").glob("step-*.pt"))
+    assert names == ["step-00000008.pt", "step-00000016.pt", "step-00000024.pt"]
+    state = load_checkpoint(out / "checkpoints" / "step-00000008.pt")
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 0)
+
+
 def test_corrupt_image_is_skipped_and_counted(tmp_path, image_folder):
     bad = image_folder / "part0" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 3)

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 # Periodic checkpoints when checkpoint_every_n_steps is not set: ~15 min at one step per second.
 DEFAULT_CHECKPOINT_EVERY_N_STEPS = 1000
 KEEP_CHECKPOINTS = 3
+# Epoch ends get a checkpoint too, but at most one per minute: small datasets run thousands of short epochs.
+EPOCH_END_MIN_INTERVAL_S = 60.0
 
 
 class NonFiniteLossError(KubedistillError):
@@ -62,6 +64,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.last_loss: float | None = None
         self.already_finished = False
+        self.last_save = time.monotonic()
 
     # ------------------------------------------------------------------ setup
 
@@ -295,6 +298,8 @@ class Trainer:
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if time.monotonic() - self.last_save >= EPOCH_END_MIN_INTERVAL_S and self.step < self.total_steps:
+                        self.save_checkpoint()
         finally:
             progress.close()
         self.save_checkpoint()
@@ -372,6 +377,7 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
 
     def save_checkpoint(self) -> None:
+        self.last_save = time.monotonic()
         if not self.is_main:
             return
         state: dict[str, Any] = {
