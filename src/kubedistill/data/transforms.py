@@ -6,8 +6,8 @@ Settings" for distillation (``DistillationTransformArgs().to_dict()`` reproduces
 
 Transforms take the uint8 tensors of ``kubedistill.data.images`` and use torchvision.transforms.v2 kernels on
 them: the random crop and resize run first, so every later op works on the small output image. All randomness
-comes from torch's global RNG, which DataLoader seeds per worker: runs are reproducible under
-``torch.manual_seed`` and workers do not repeat each other's augmentations.
+comes from torch's global RNG: runs are reproducible under ``torch.manual_seed``. In training, ImageDataset
+seeds it per sample from (seed, epoch, index), so augmentations do not depend on the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ CROP_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 #
 # Each block's ``problems()`` checks its own values and returns messages that start with the field name
 # ("prob: 1.5 is not a probability ..."), so a caller prefixes them with where the block sits: the protocol
-# of kubedistill.config, which calls ``problems()`` on every dataclass it builds. ``validate(path)`` on
-# DistillationTransformArgs runs all of them at once with full paths.
+# of kubedistill.config, which calls ``problems()`` on every dataclass it builds and collects them all.
 # ----------------------------------------------------------------------------------------------------------
 
 
