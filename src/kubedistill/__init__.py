@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "describe", "load_student", "load_teacher", "train"]
+__all__ = ["__version__", "describe", "load_student", "load_teacher", "probe", "register", "train"]
 
 if TYPE_CHECKING:
-    from kubedistill.api import describe, load_student, load_teacher, train
+    from kubedistill.api import describe, load_student, load_teacher, probe, register, train
 
 
 def __getattr__(name: str) -> Any:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from kubedistill.config import build_train_config, method_defaults
+from kubedistill.config import build, build_train_config, method_defaults
+from kubedistill.errors import ConfigError
 from kubedistill.models.export import LoadedStudent
 from kubedistill.models.export import load_student as _load_student
 from kubedistill.models.teachers import load_teacher
 from kubedistill.training.trainer import TrainResult, run_training
 
-__all__ = ["describe", "load_student", "load_teacher", "train"]
+if TYPE_CHECKING:
+    from kubedistill.evaluation.run import ProbeResult
+    from kubedistill.tracking.registry import RegistrationResult
+
+__all__ = ["describe", "load_student", "load_teacher", "probe", "register", "train"]
 
 PathLike = str | os.PathLike
 
@@ -61,6 +66,67 @@ def describe(method: str = "distillation") -> dict[str, Any]:
 def load_student(path: PathLike) -> LoadedStudent:
     """Load ``exported/student.pt``: an eval-mode module mapping normalized (B, 3, H, W) images to (B, C)."""
     return _load_student(path)
+
+
+def probe(
+    *,
+    checkpoint: PathLike,
+    train: PathLike,
+    val: PathLike,
+    out: PathLike,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 64,
+    num_workers: int | Literal["auto"] = "auto",
+    device: str = "auto",
+    l2_grid: list[float] | None = None,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+    mlflow: dict[str, Any] | None = None,
+) -> ProbeResult:
+    """Score the exported student ``checkpoint`` with a linear probe and a weighted kNN classifier.
+
+    ``train`` and ``val`` are labeled image sets (class-per-folder roots or manifests with ``label``); the
+    probe's penalty is chosen on a held-out part of ``train``, never on ``val``. Writes ``out/metrics.json``,
+    ``out/confusion_matrix.json`` and ``out/confusion_matrix.png``, and logs them to MLflow when tracking is
+    configured (``mlflow`` or MLFLOW_TRACKING_URI). Returns a ProbeResult (out, metrics, mlflow_run_id).
+    """
+    values = {k: v for k, v in _plain(dict(locals())).items() if v is not None}
+    from kubedistill.evaluation.run import ProbeConfig, run_probe
+
+    return run_probe(_build(ProbeConfig, values))
+
+
+def register(
+    *,
+    model: PathLike,
+    metrics: PathLike,
+    name: str,
+    min_top1: float = 0.0,
+    metric: str = "linear_top1",
+    tracking_uri: str | None = None,
+    dataset_fingerprint: str | None = None,
+    mlflow: dict[str, Any] | None = None,
+) -> RegistrationResult:
+    """Register the exported student ``model`` in the MLflow Model Registry under ``name``.
+
+    Alias ``champion`` when ``metrics[metric]`` >= ``min_top1`` and >= the current champion's, else
+    ``challenger`` (the champion stays). The same model file registered again returns its existing version.
+    Raises TrackingError when MLflow cannot be reached after bounded retries.
+    """
+    values = _plain(dict(locals()))
+    from kubedistill.tracking.registry import RegisterConfig, register_model
+
+    return register_model(_build(RegisterConfig, values))
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """Dataclass ``cls`` from ``values``; ConfigError listing every problem."""
+    problems: list[str] = []
+    config = build(cls, values, problems=problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
 
 
 def _plain(value: Any) -> Any:

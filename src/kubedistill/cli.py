@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -18,6 +19,15 @@ commands:
              dotted keys set nested arguments: method_args.teacher=dinov2/vits14 optim_args.lr=0.5
              transform_args.image_size=[160,160]
   describe   print every default of a method as JSON: kubedistill describe method=distillation
+  probe      linear probe + kNN accuracy of an exported student on labeled train/val images
+             kubedistill probe checkpoint=out/exp/exported/student.pt train=labeled/train val=labeled/val
+             out=out/probe [k=20] [temperature=0.07] [device=auto] [mlflow.tracking_uri=http://...]
+  register   register the student in the MLflow Model Registry; alias champion if it beats the champion
+             kubedistill register model=out/exp/exported/student.pt metrics=out/probe/metrics.json
+             name=my-student [min_top1=0.0] [metric=linear_top1] [tracking_uri=http://mlflow:5000]
+
+MLflow: train, probe (and validate) log to MLFLOW_TRACKING_URI or mlflow.tracking_uri=..., each as a nested
+run of MLFLOW_RUN_ID when the pipeline sets it.
 
 Values are parsed as YAML: 0.5 is a number, [160,160] a list, true/false booleans, null None.
 Exit status: 0 success, 1 failure (the message says what to do), 2 invalid arguments.
@@ -44,7 +54,31 @@ def _describe(args: dict) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[dict], int]] = {"train": _train, "describe": _describe}
+def _probe(args: dict) -> int:
+    from kubedistill.api import probe
+
+    result = probe(**_known_keys(args, "probe", probe))
+    print(json.dumps({"out": str(result.out), "metrics": result.metrics, "mlflow_run_id": result.mlflow_run_id}))
+    return EXIT_OK
+
+
+def _register(args: dict) -> int:
+    from kubedistill.api import register
+
+    print(json.dumps(register(**_known_keys(args, "register", register)).to_dict()))
+    return EXIT_OK
+
+
+def _known_keys(args: dict, command: str, function: Callable) -> dict:
+    """``args`` when every key is a parameter of ``function``; else a ConfigError naming the valid keys."""
+    valid = list(inspect.signature(function).parameters)
+    unknown = sorted(set(args) - set(valid))
+    if unknown:
+        raise ConfigError([f"unknown key {k!r} for {command}; valid keys: {', '.join(valid)}" for k in unknown])
+    return args
+
+
+COMMANDS: dict[str, Callable[[dict], int]] = {"train": _train, "describe": _describe, "probe": _probe, "register": _register}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import yaml
 from kubedistill.data.transforms import DistillationTransformArgs
 from kubedistill.errors import ConfigError
 from kubedistill.methods.distillation.args import DEFAULT_OPTIMIZER, OPTIMIZERS, DistillationArgs
+from kubedistill.tracking.config import MLflowArgs
 from kubedistill.utils import to_plain as to_dict
 
 _NONE_TYPE = type(None)
@@ -275,7 +276,8 @@ class TrainConfig:
     loader_args: LoaderArgs = field(default_factory=LoaderArgs)
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int | None = None
-    mlflow: dict | None = None
+    # MLflow tracking (rank 0 only); unset fields come from MLFLOW_TRACKING_URI / _EXPERIMENT_NAME / _RUN_ID.
+    mlflow: MLflowArgs | None = None
 
     def problems(self) -> list[str]:
         found = []
@@ -299,8 +301,6 @@ class TrainConfig:
                 "checkpoint: cannot be combined with resume_interrupted=true (resume continues the run in `out`; "
                 "checkpoint starts a new run from earlier weights): pick one"
             )
-        if self.mlflow is not None:
-            found.append("mlflow: MLflow tracking is not available in this version yet; leave it unset")
         return found
 
 

@@ -22,6 +22,7 @@ from kubedistill.methods.distillation.args import scaled_lr
 from kubedistill.models.export import StudentMetadata, export_student, load_student
 from kubedistill.models.students import Student, build_student
 from kubedistill.models.teachers import load_teacher
+from kubedistill.tracking.training import TrainingTracker
 from kubedistill.training import distributed
 from kubedistill.training.allocator import tune_glibc_malloc
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -65,6 +66,7 @@ class Trainer:
         self.last_loss: float | None = None
         self.already_finished = False
         self.last_save = time.monotonic()
+        self.tracker = TrainingTracker(None)  # MLflow, rank 0 only; inactive until setup() opens a run
 
     # ------------------------------------------------------------------ setup
 
@@ -95,6 +97,9 @@ class Trainer:
             self._load_initial_weights(cfg.checkpoint)
         if self.is_main:
             self.layout.config.write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
+            self.tracker = TrainingTracker.start(
+                cfg.mlflow, out=self.layout.root, config=self.resolved_config(), resume=resume_path is not None
+            )
         self.metrics = MetricsWriter(self.layout.metrics)
 
     def _check_world(self) -> None:
@@ -273,6 +278,7 @@ class Trainer:
             logger.info("the run in %s already finished (%d steps): nothing to do", self.layout.root, self.step)
             if self.is_main and not self.layout.exported.exists():
                 self.export()
+            self.tracker.finish()
             return TrainResult(
                 self.layout.root, self.layout.exported, self.step, None, self.failures.num_failed, already_finished=True
             )
@@ -281,6 +287,7 @@ class Trainer:
         self.method.train()
         self.method.teacher.eval()
         window_start, window_images = time.perf_counter(), 0
+        epoch_start = time.perf_counter()
         try:
             while self.step < self.total_steps:
                 for images in self._epoch_batches():
@@ -298,6 +305,9 @@ class Trainer:
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if self.is_main:
+                        self.tracker.log_epoch(self.epoch, time.perf_counter() - epoch_start)
+                    epoch_start = time.perf_counter()
                     if time.monotonic() - self.last_save >= EPOCH_END_MIN_INTERVAL_S and self.step < self.total_steps:
                         self.save_checkpoint()
         finally:
@@ -306,6 +316,8 @@ class Trainer:
         if self.is_main:
             self.export()
         logger.info("finished %d steps; student exported to %s", self.step, self.layout.exported)
+        if self.is_main:
+            self.tracker.finish(artifacts=self._tracked_artifacts())
         return TrainResult(
             self.layout.root, self.layout.exported, self.step, self.last_loss, self.failures.num_failed
         )
@@ -372,6 +384,7 @@ class Trainer:
         }
         if self.is_main:
             self.metrics.write(record)
+            self.tracker.log_step(record)
         progress.update(self.step, loss=self.last_loss, images_per_second=images_per_second)
 
     # ------------------------------------------------------------------ outputs
@@ -407,6 +420,15 @@ class Trainer:
         export_student(student, metadata, self.layout.exported)
         return self.layout.exported
 
+    def _tracked_artifacts(self) -> list[tuple[Path, str | None]]:
+        """(file, MLflow artifact folder) pairs uploaded when the run ends."""
+        files: list[tuple[Path, str | None]] = [
+            (self.layout.config, None), (self.layout.train_log, None), (self.layout.metrics, None)
+        ]
+        if self.tracker.log_model:
+            files += [(self.layout.exported, "exported"), (self.layout.exported.with_suffix(".json"), "exported")]
+        return files
+
     def resolved_config(self) -> dict[str, Any]:
         resolved = to_dict(self.config)
         resolved["resolved"] = {
@@ -429,6 +451,8 @@ class Trainer:
             logger.warning("%d image(s) could not be decoded and were skipped", self.failures.num_failed)
         # After a failure a peer may be dead: tearing the process group down would block on it, and the
         # process is about to exit anyway (torchrun restarts or fails the group).
+        if failed:  # the tracker is inactive on ranks other than 0
+            self.tracker.finish(artifacts=[(self.layout.train_log, None), (self.layout.metrics, None)], failed=True)
         if not failed:
             distributed.cleanup()
         close_logging()

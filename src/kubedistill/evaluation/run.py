@@ -1,0 +1,149 @@
+"""``kubedistill probe``: score an exported student on labeled train/val images and write the results.
+
+Outputs in ``out``: metrics.json (see ``evaluate_features``), confusion_matrix.json (class names and the
+linear and kNN matrices, rows = true class) and confusion_matrix.png. The metrics are also logged to MLflow
+when tracking is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kubedistill.data.datasets import resolve_num_workers
+from kubedistill.evaluation.features import extract_features, resolve_device
+from kubedistill.evaluation.linear import DEFAULT_HOLDOUT_FRACTION, DEFAULT_L2_GRID
+from kubedistill.evaluation.plots import save_confusion_png
+from kubedistill.evaluation.probe import DEFAULT_K, DEFAULT_TEMPERATURE, ProbeOutcome, run_probes
+from kubedistill.models.export import load_student
+from kubedistill.tracking.config import MLflowArgs
+from kubedistill.utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion_matrix.json"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+@dataclass
+class ProbeConfig:
+    """Arguments of ``kubedistill probe``."""
+
+    checkpoint: str
+    train: str
+    val: str
+    out: str
+    k: int = DEFAULT_K
+    temperature: float = DEFAULT_TEMPERATURE
+    batch_size: int = 64
+    num_workers: int | Literal["auto"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    l2_grid: list[float] = field(default_factory=lambda: list(DEFAULT_L2_GRID))
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    seed: int = 0
+    mlflow: MLflowArgs | None = None
+
+    def problems(self) -> list[str]:
+        found = []
+        for name in ("k", "batch_size"):
+            if getattr(self, name) < 1:
+                found.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            found.append(f"temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.holdout_fraction < 1:
+            found.append(f"holdout_fraction: must be in (0, 1), got {self.holdout_fraction}")
+        if not self.l2_grid or any(v < 0 for v in self.l2_grid):
+            found.append(f"l2_grid: must be a non-empty list of penalties >= 0, got {self.l2_grid}")
+        if self.num_workers != "auto" and self.num_workers < 0:
+            found.append(f"num_workers: must be >= 0 or 'auto', got {self.num_workers}")
+        if not self.out:
+            found.append("out: must be a directory path")
+        return found
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    out: Path
+    metrics: dict[str, Any]
+    mlflow_run_id: str | None
+
+
+def run_probe(config: ProbeConfig) -> ProbeResult:
+    """Load the student, extract train and val features once, run the probes, write and log the results."""
+    from kubedistill.tracking.steps import log_probe
+
+    student = load_student(config.checkpoint)
+    device = resolve_device(config.device)
+    workers = resolve_num_workers(config.num_workers, compute_on_cpu=device.type == "cpu")
+    train_uris, train_labels = load_labeled(config.train)
+    val_uris, val_labels = load_labeled(config.val)
+    logger.info(
+        "probe %s (%s, %d-d) on %d train / %d val images, device %s", config.checkpoint, student.metadata.model,
+        student.feature_dim, len(train_uris), len(val_uris), device,
+    )  # fmt: skip
+    started = time.perf_counter()
+    extract = dict(
+        image_size=student.metadata.image_size, normalize=(student.metadata.mean, student.metadata.std),
+        batch_size=config.batch_size, num_workers=workers, device=device,
+    )  # fmt: skip
+    train_features = extract_features(student, train_uris, **extract)
+    val_features = extract_features(student, val_uris, **extract)
+    extracted = time.perf_counter()
+    outcome = run_probes(
+        train_features, train_labels, val_features, val_labels, k=config.k, temperature=config.temperature,
+        l2_grid=config.l2_grid, holdout_fraction=config.holdout_fraction, seed=config.seed, device=device,
+    )  # fmt: skip
+    metrics = {
+        **outcome.metrics,
+        "extract_seconds": round(extracted - started, 3),
+        "probe_seconds": round(time.perf_counter() - extracted, 3),
+    }
+    out = write_outputs(Path(config.out), outcome, metrics)
+    logger.info("probe: %s", ", ".join(f"{k}={metrics[k]:.4f}" for k in ("linear_top1", "knn_top1")))
+    params = {"checkpoint": config.checkpoint, "train": config.train, "val": config.val, "k": config.k,
+              "temperature": config.temperature, "model": student.metadata.model}  # fmt: skip
+    run_id = log_probe(out, metrics, mlflow=config.mlflow, params=params)
+    return ProbeResult(out, metrics, run_id)
+
+
+def write_outputs(out: Path, outcome: ProbeOutcome, metrics: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
+    confusion = {
+        "classes": outcome.classes,
+        "rows": "true class",
+        "columns": "predicted class",
+        **{name: matrix.tolist() for name, matrix in outcome.confusion.items()},
+    }
+    atomic_write_text(out / CONFUSION_FILE, json.dumps(confusion))
+    save_confusion_png({"linear probe": outcome.confusion["linear"], "kNN": outcome.confusion["knn"]},
+                       outcome.classes, out / CONFUSION_PNG)  # fmt: skip
+    return out
+
+
+def load_labeled(uri: str) -> tuple[list[str], list[str]]:
+    """Image URIs and class labels of a class-per-folder root or a labeled manifest (the data layer's reader)."""
+    try:
+        from kubedistill.data.manifest import load_labeled as data_load_labeled
+    except ImportError:  # older data layer: local class-per-folder roots only
+        return _local_class_folders(uri)
+    return data_load_labeled(uri)
+
+
+def _local_class_folders(root: str) -> tuple[list[str], list[str]]:
+    from kubedistill.data.files import list_image_files
+    from kubedistill.errors import DataError
+
+    if not os.path.isdir(root):
+        raise DataError(f"{root} is not a folder: give a class-per-folder root (root/<class>/<image>)")
+    uris = list_image_files(root)
+    labels = [os.path.relpath(u, os.path.abspath(root)).split(os.sep)[0] for u in uris]
+    if any(os.sep not in os.path.relpath(u, os.path.abspath(root)) for u in uris) or len(set(labels)) < 2:
+        raise DataError(f"{root} is not a class-per-folder layout with at least two classes (root/<class>/<image>)")
+    return uris, labels
