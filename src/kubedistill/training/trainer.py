@@ -312,6 +312,8 @@ class Trainer:
                         self.save_checkpoint()
         finally:
             progress.close()
+        if self.is_main and self.batch_in_epoch:  # the last epoch ended by the step limit, not the loader
+            self.tracker.log_epoch(self.epoch + 1, time.perf_counter() - epoch_start)
         self.save_checkpoint()
         if self.is_main:
             self.export()
