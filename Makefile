@@ -12,7 +12,7 @@ SETUP_STAMP := $(VENV)/.stamp-setup
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow lint demo bench-train clean
+.PHONY: help setup test test-slow lint demo bench-train bench-probe clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ demo: setup ## Distill on a built-in image set (scikit-learn's digits) and print
 
 bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
 	$(PY) benchmarks/train_speed.py
+
+bench-probe: setup ## Linear probe + kNN speed and accuracy vs scikit-learn, 10k features (see BENCHMARKS.md)
+	$(PY) benchmarks/probe_speed.py
 
 clean: ## Remove build outputs and the demo's output (keeps .venv)
 	rm -rf out build dist src/*.egg-info .pytest_cache .ruff_cache
