@@ -106,12 +106,14 @@ def register(
     metric: str = "linear_top1",
     tracking_uri: str | None = None,
     dataset_fingerprint: str | None = None,
+    train_dir: PathLike | None = None,
     mlflow: dict[str, Any] | None = None,
 ) -> RegistrationResult:
     """Register the exported student ``model`` in the MLflow Model Registry under ``name``.
 
     Alias ``champion`` when ``metrics[metric]`` >= ``min_top1`` and >= the current champion's, else
     ``challenger`` (the champion stays). The same model file registered again returns its existing version.
+    Lineage tags come from the training folder (``train_dir``, default: the folder above ``exported/``).
     Raises TrackingError when MLflow cannot be reached after bounded retries.
     """
     values = _plain(dict(locals()))

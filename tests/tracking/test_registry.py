@@ -168,3 +168,17 @@ def _closed_port() -> int:
     from .conftest import free_port
 
     return free_port()
+
+
+def test_lineage_from_a_separate_training_folder(tmp_path, mlflow_server):
+    """In a pipeline the model file arrives alone (KFP copies artifacts); train_dir points at the run's folder."""
+    model, metrics = _candidate(tmp_path, "run", seed=9, top1=0.5)
+    (tmp_path / "run" / "mlflow_run.json").write_text(json.dumps({"run_id": "train123"}))
+    alone = tmp_path / "artifact" / "student.pt"
+    alone.parent.mkdir()
+    alone.write_bytes(model.read_bytes())
+    result = _register(alone, metrics, "student-lineage", mlflow_server, train_dir=tmp_path / "run")
+    tags = MlflowClient(mlflow_server).get_model_version("student-lineage", str(result.version)).tags
+    assert (tags["kubedistill.teacher"], tags["kubedistill.train_run_id"]) == ("dinov2/vits14", "train123")
+    assert tags["kubedistill.dataset_fingerprint"] == "fp-1234"
+    assert tags["kubedistill.pipeline_run_id"] == "none"

@@ -45,8 +45,10 @@ class RegisterConfig:
     min_top1: float = 0.0
     metric: str = "linear_top1"
     tracking_uri: str | None = None
-    # Lineage: the validate step's fingerprint; read from the training data's report.json when not given.
+    # Lineage: the validate step's fingerprint; read from the training run's config when not given.
     dataset_fingerprint: str | None = None
+    # The training output folder (config.yaml, mlflow_run.json); default: the folder above exported/.
+    train_dir: str | None = None
     mlflow: MLflowArgs | None = None
 
     def problems(self) -> list[str]:
@@ -57,6 +59,8 @@ class RegisterConfig:
             found.append(f"metrics: {self.metrics} is not a file; give the probe's metrics.json")
         if not _NAME_RE.match(self.name or ""):
             found.append(f"name: {self.name!r} must start with a letter or digit and use only letters, digits, _ . -")
+        if self.train_dir is not None and not (Path(self.train_dir) / "config.yaml").is_file():
+            found.append(f"train_dir: {self.train_dir} has no config.yaml; give the training run's output folder")
         if not 0.0 <= self.min_top1 <= 1.0:
             found.append(f"min_top1: must be a fraction in [0, 1], got {self.min_top1}")
         return found
@@ -150,7 +154,8 @@ def _already_registered(client: Any, config: RegisterConfig, version: Any, value
 def _lineage_tags(
     config: RegisterConfig, target: TrackingTarget, model_path: Path, sha: str, metrics: Mapping[str, Any]
 ) -> dict[str, str]:
-    facts = read_training_run(model_path.parent.parent)  # out/exported/student.pt -> out/
+    # out/exported/student.pt -> out/, unless the pipeline passes the training folder separately.
+    facts = read_training_run(Path(config.train_dir) if config.train_dir else model_path.parent.parent)
     train_config = facts["config"]
     meta_file = model_path.with_suffix(".json")
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
