@@ -49,6 +49,7 @@ def _bucket_objects(emulator: str) -> list[str]:
     return [blob.name for blob in client.list_blobs(BUCKET)]
 
 
+@pytest.mark.slow  # its own MLflow server (~15 s to start) plus two registrations: ~40 s here
 def test_register_and_load_with_proxied_gcs_artifacts(tmp_path, gcs_mlflow_server, monkeypatch):
     url, emulator = gcs_mlflow_server
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
