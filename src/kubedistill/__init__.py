@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "describe", "load_student", "load_teacher", "probe", "register", "train"]
+__all__ = ["__version__", "describe", "load_student", "load_teacher", "probe", "register", "train", "validate"]
 
 if TYPE_CHECKING:
-    from kubedistill.api import describe, load_student, load_teacher, probe, register, train
+    from kubedistill.api import describe, load_student, load_teacher, probe, register, train, validate
 
 
 def __getattr__(name: str) -> Any:

@@ -13,10 +13,11 @@ from kubedistill.models.teachers import load_teacher
 from kubedistill.training.trainer import TrainResult, run_training
 
 if TYPE_CHECKING:
+    from kubedistill.data.validation import ValidationResult
     from kubedistill.evaluation.run import ProbeResult
     from kubedistill.tracking.registry import RegistrationResult
 
-__all__ = ["describe", "load_student", "load_teacher", "probe", "register", "train"]
+__all__ = ["describe", "load_student", "load_teacher", "probe", "register", "train", "validate"]
 
 PathLike = str | os.PathLike
 
@@ -56,6 +57,32 @@ def train(
     """
     values = {k: v for k, v in locals().items() if not (k.endswith("_args") and v is None)}
     return run_training(build_train_config(_plain(values)))
+
+
+def validate(
+    *,
+    data: PathLike,
+    out: PathLike,
+    min_size: int = 32,
+    max_bad_fraction: float = 0.05,
+    dedup: bool = True,
+    labels: Literal["auto", "folder", "none"] = "auto",
+    workers: int | Literal["auto"] = "auto",
+    max_pixels: int = 178_956_970,
+) -> ValidationResult:
+    """Check every image under ``data`` (a folder or gs://bucket/prefix) and write ``out/manifest.jsonl`` (the
+    good images), ``out/report.json`` and ``out/report.md`` (``out`` may be local or gs://).
+
+    Every file is listed and every candidate image decoded fully. ``result.passed`` is False (the CLI exits 3)
+    when more than ``max_bad_fraction`` of the images have problems or no valid image is left. ``labels``:
+    "auto" labels a class-per-folder layout (root/<class>/...), "folder" requires one, "none" never labels.
+    Raises ConfigError for invalid arguments and DataError when the data cannot be listed.
+    """
+    values = _plain(dict(locals()))
+    from kubedistill.config import build_validate_config
+    from kubedistill.data.validation import run_validation
+
+    return run_validation(build_validate_config(values))
 
 
 def describe(method: str = "distillation") -> dict[str, Any]:

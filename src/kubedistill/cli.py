@@ -18,6 +18,10 @@ commands:
              kubedistill train out=out/exp data=my_images model=torchvision/resnet18 method=distillation
              dotted keys set nested arguments: method_args.teacher=dinov2/vits14 optim_args.lr=0.5
              transform_args.image_size=[160,160]
+  validate   check every image, write a manifest of the good ones and a report
+             kubedistill validate data=gs://bucket/images out=out/data [min_size=32] [max_bad_fraction=0.05]
+             [dedup=true] [labels=auto|folder|none] [workers=auto]
+             exit status 3 when the data fails (too many bad images, or none valid); the report says why
   describe   print every default of a method as JSON: kubedistill describe method=distillation
   probe      linear probe + kNN accuracy of an exported student on labeled train/val images
              kubedistill probe checkpoint=out/exp/exported/student.pt train=labeled/train val=labeled/val
@@ -30,17 +34,31 @@ MLflow: train, probe (and validate) log to MLFLOW_TRACKING_URI or mlflow.trackin
 run of MLFLOW_RUN_ID when the pipeline sets it.
 
 Values are parsed as YAML: 0.5 is a number, [160,160] a list, true/false booleans, null None.
-Exit status: 0 success, 1 failure (the message says what to do), 2 invalid arguments.
+Exit status: 0 success, 1 failure (the message says what to do), 2 invalid arguments,
+3 the data failed validation (`validate` only).
 """
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DATA_REJECTED = 0, 1, 2, 3
 
 
 def _train(args: dict) -> int:
-    from kubedistill.api import train
+    from kubedistill.config import build_train_config
+    from kubedistill.training.trainer import run_training
 
-    result = train(**args)
+    result = run_training(build_train_config(args))  # as api.train, but missing keys are ConfigErrors
     print(json.dumps({"out": str(result.out), "exported": str(result.exported), "steps": result.steps}))
+    return EXIT_OK
+
+
+def _validate(args: dict) -> int:
+    from kubedistill.config import build_validate_config
+    from kubedistill.data.validation import run_validation
+
+    result = run_validation(build_validate_config(args))  # as api.validate, but missing keys are ConfigErrors
+    print(json.dumps(result.summary()))
+    if not result.passed:
+        print(f"kubedistill validate: {result.report['verdict']} (see {result.report_md})", file=sys.stderr)
+        return EXIT_DATA_REJECTED
     return EXIT_OK
 
 
@@ -78,7 +96,7 @@ def _known_keys(args: dict, command: str, function: Callable) -> dict:
     return args
 
 
-COMMANDS: dict[str, Callable[[dict], int]] = {"train": _train, "describe": _describe, "probe": _probe, "register": _register}
+COMMANDS: dict[str, Callable[[dict], int]] = {"train": _train, "validate": _validate, "describe": _describe, "probe": _probe, "register": _register}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

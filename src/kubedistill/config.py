@@ -238,6 +238,11 @@ class LoaderArgs:
     prefetch_factor: int | None = 2
     # The run stops with a clear error once more than this fraction of the images failed to decode.
     max_bad_fraction: float = 0.05
+    # gs:// images: "stage" copies them to the node's local disk in parallel before training, "stream" reads
+    # each from the bucket when the loader needs it, "auto" stages when they fit on the cache disk.
+    remote: Literal["auto", "stage", "stream"] = "auto"
+    # Node-local folder for staged images; default $KUBEDISTILL_CACHE_DIR/data or ~/.cache/kubedistill/data.
+    cache_dir: str | None = None
 
     def problems(self) -> list[str]:
         found = []
@@ -295,7 +300,10 @@ class TrainConfig:
         if not self.out:
             found.append("out: must be a directory path")
         if not self.data:
-            found.append("data: must be a folder, an image file, or a list of them")
+            found.append(
+                "data: must be a folder, an image file, a gs://bucket/prefix, a manifest.jsonl from `kubedistill "
+                "validate`, or a list of them"
+            )
         if self.resume_interrupted and self.checkpoint:
             found.append(
                 "checkpoint: cannot be combined with resume_interrupted=true (resume continues the run in `out`; "
@@ -346,3 +354,44 @@ def method_defaults(method: str = "distillation") -> dict[str, Any]:
         "epochs": defaults.epochs,
         "batch_size": defaults.batch_size,
     }
+
+
+@dataclass
+class ValidateConfig:
+    """Everything ``validate`` takes."""
+
+    data: str
+    out: str
+    min_size: int = 32
+    max_bad_fraction: float = 0.05
+    dedup: bool = True
+    labels: Literal["auto", "folder", "none"] = "auto"
+    workers: int | Literal["auto"] = "auto"
+    max_pixels: int = 178_956_970  # data.images.MAX_IMAGE_PIXELS
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.data:
+            found.append("data: must be a folder or a gs://bucket/prefix")
+        elif isinstance(self.data, str) and self.data.lower().endswith(".jsonl"):
+            found.append(f"data: {self.data} is a manifest; validate the image folder or prefix it came from")
+        if not self.out:
+            found.append("out: must be a directory (local or gs://) for manifest.jsonl and the report")
+        if self.min_size < 1:
+            found.append(f"min_size: must be >= 1 pixel, got {self.min_size}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            found.append(f"max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
+        if self.workers != "auto" and self.workers < 1:
+            found.append(f"workers: must be >= 1 or 'auto', got {self.workers}")
+        if self.max_pixels < 1:
+            found.append(f"max_pixels: must be >= 1, got {self.max_pixels}")
+        return found
+
+
+def build_validate_config(values: Mapping[str, Any]) -> ValidateConfig:
+    """Validate ``values`` against ValidateConfig; every problem at once."""
+    problems: list[str] = []
+    config = build(ValidateConfig, dict(values), problems=problems)
+    if config is None or problems:
+        raise ConfigError(problems)
+    return config

@@ -20,6 +20,10 @@ class DataError(KubedistillError):
     """The dataset cannot be used: missing, empty, or too many unreadable images."""
 
 
+class StorageError(KubedistillError):
+    """A file or object cannot be listed, read or written (local path, gs:// or https://)."""
+
+
 class WeightsError(KubedistillError):
     """Model weights cannot be fetched, verified or loaded."""
 

@@ -1,7 +1,8 @@
 """Image decoding: bytes -> uint8 RGB tensor (3, H, W), with EXIF orientation applied.
 
-JPEG, PNG and WEBP go through ``torchvision.io.decode_image`` (libjpeg-turbo, libpng, libwebp; no PIL object
-and no numpy copy). Every other format, and anything torchvision refuses, goes through PIL. Both paths give
+JPEG and WEBP go through ``torchvision.io.decode_image`` (libjpeg-turbo, libwebp; no PIL object and no numpy
+copy). Every other format (PNG included: see ``_TORCHVISION_FORMATS``), and anything torchvision refuses, goes
+through PIL. Both paths give
 the same result for the same file:
 
 - colour: grayscale, palette, CMYK and YCbCr become RGB;
@@ -34,7 +35,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "ImageDecodeError",
+    "PROBLEM_KINDS",
     "decode_image",
+    "decode_image_with_format",
     "has_image_extension",
     "read_image",
 ]
@@ -45,17 +48,27 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", 
 # Same default as PIL's warning threshold (about 179 megapixels, e.g. 13400 x 13400).
 MAX_IMAGE_PIXELS: int = 178_956_970
 
-# Formats torchvision decodes natively (names as PIL reports them).
-_TORCHVISION_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+# Why an image cannot be used, as ImageDecodeError.kind: one file, one kind.
+PROBLEM_KINDS = ("empty", "not_an_image", "corrupt", "decompression_bomb", "unreadable")
+
+# Formats torchvision decodes (names as PIL reports them). Not PNG: torchvision 0.29's decode_png crashes the
+# whole process (SIGSEGV after "libpng error: IDAT: incorrect data check") on a PNG whose compressed data is
+# damaged, and one such file would kill a DataLoader worker or the validator. PIL decodes PNG as fast (zlib
+# dominates) and raises a Python error. tests/data/test_images.py fuzzes the formats that stay here.
+_TORCHVISION_FORMATS = frozenset({"JPEG", "WEBP"})
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
 class ImageDecodeError(KubedistillError):
-    """An image cannot be read or decoded. ``source`` is the file (or URI), ``reason`` a one-line cause."""
+    """An image cannot be read or decoded. ``source`` is the file (or URI), ``reason`` a one-line cause and
+    ``kind`` one of ``PROBLEM_KINDS`` (what `kubedistill validate` groups its report by)."""
 
-    def __init__(self, source: str, reason: str):
+    def __init__(self, source: str, reason: str, kind: str = "corrupt"):
+        if kind not in PROBLEM_KINDS:
+            raise ValueError(f"unknown problem kind {kind!r}; expected one of {PROBLEM_KINDS}")
         self.source = source
         self.reason = reason
+        self.kind = kind
         super().__init__(
             f"{source}: {reason}. Replace or remove this file (`kubedistill validate` lists every such file)."
         )
@@ -80,7 +93,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXE
         with open(source, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ImageDecodeError(source, f"cannot read the file ({e.strerror or e})") from e
+        raise ImageDecodeError(source, f"cannot read the file ({e.strerror or e})", "unreadable") from e
     return decode_image(data, source=source, max_pixels=max_pixels)
 
 
@@ -100,17 +113,26 @@ def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int = MAX_
     Raises:
         ImageDecodeError: empty, truncated, corrupt, unsupported or too large.
     """
+    return decode_image_with_format(data, source=source, max_pixels=max_pixels)[0]
+
+
+def decode_image_with_format(
+    data: bytes, *, source: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[torch.Tensor, str]:
+    """``decode_image`` plus the format the content really has (as PIL names it: "JPEG", "PNG", ...),
+    whatever the file's extension says."""
     if len(data) == 0:
-        raise ImageDecodeError(source, "the file is empty (0 bytes)")
+        raise ImageDecodeError(source, "the file is empty (0 bytes)", "empty")
     with _known_warnings_silenced():
         header = _open_header(data, source)
         _check_size(header, source, max_pixels)
+        image_format = header.format or "UNKNOWN"
         if _use_torchvision(header):
             try:
-                return _decode_with_torchvision(data)
+                return _decode_with_torchvision(data), image_format
             except RuntimeError:
                 pass  # PIL below either decodes it (e.g. an unusual PNG variant) or gives a precise reason.
-        return _decode_with_pil(header, source)
+        return _decode_with_pil(header, source), image_format
 
 
 @contextlib.contextmanager
@@ -131,9 +153,9 @@ def _open_header(data: bytes, source: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(source, f"rejected as a possible decompression bomb ({e})") from e
+        raise ImageDecodeError(source, f"rejected as a possible decompression bomb ({e})", "decompression_bomb") from e
     except UnidentifiedImageError as e:
-        raise ImageDecodeError(source, "not an image in a recognised format") from e
+        raise ImageDecodeError(source, "not an image in a recognised format", "not_an_image") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(source, f"unreadable image header ({e})") from e
 
@@ -147,6 +169,7 @@ def _check_size(header: Image.Image, source: str, max_pixels: int) -> None:
             source,
             f"{width}x{height} = {width * height} pixels is more than the limit of {max_pixels} "
             "(a possible decompression bomb; downscale the image if it is genuine)",
+            "decompression_bomb",
         )
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from kubedistill.errors import WeightsError
+from kubedistill.errors import StorageError, WeightsError
 from kubedistill.storage import fetch, is_remote, normalize_sha256, sha256_file, to_local_path, verify_sha256
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,13 @@ def resolve_weights(source: str, *, sha256: str | None = None, cache_dir: str | 
     Local paths (and file:// URIs) are used in place. Remote ones are downloaded into the cache once; a
     cached file that no longer matches ``sha256`` is downloaded again.
     """
+    try:
+        return _resolve(source, sha256, cache_dir)
+    except StorageError as e:  # a storage failure while fetching weights is a weights problem to the user
+        raise WeightsError(str(e)) from e
+
+
+def _resolve(source: str, sha256: str | None, cache_dir: str | Path | None) -> Path:
     if not is_remote(source):
         return _local_weights(source, sha256)
     target = cached_path(source, cache_dir)

@@ -14,7 +14,8 @@ from torch import nn
 
 from kubedistill.config import TrainConfig, to_dict
 from kubedistill.data.datasets import FailureCounter, ImageDataset, make_dataloader, resolve_num_workers
-from kubedistill.data.files import list_image_files
+from kubedistill.data.remote import ImageReader, choose_remote_mode, data_cache_dir, stage
+from kubedistill.data.sources import ImageList, resolve_images
 from kubedistill.data.transforms import DistillationTransform
 from kubedistill.errors import ConfigError, DataError, KubedistillError
 from kubedistill.methods.distillation import Distillation, auto_queue_size
@@ -144,7 +145,9 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg = self.config
-        files = list_image_files(cfg.data)
+        images = resolve_images(cfg.data)
+        self.data_fingerprint = images.fingerprint
+        files = images.uris
         self.num_images = len(files)
         if self.num_images < cfg.batch_size:
             raise DataError(
@@ -152,7 +155,7 @@ class Trainer:
                 "lower batch_size or add images"
             )
         self.transform = DistillationTransform(cfg.transform_args)
-        self.dataset = ImageDataset(files, self.transform, seed=cfg.seed)
+        self.dataset = ImageDataset(files, self.transform, seed=cfg.seed, loader=self._image_reader(images))
         self.per_device_batch = cfg.batch_size // self.proc.world_size
         num_workers = resolve_num_workers(
             cfg.num_workers, world_size_local=self.proc.local_world_size, compute_on_cpu=self.device.type == "cpu"
@@ -183,6 +186,21 @@ class Trainer:
             self.total_steps,
             num_workers,
         )
+
+    def _image_reader(self, images: ImageList) -> ImageReader:
+        """Local files are read in place; gs:// ones staged to the node's disk first or streamed."""
+        self.remote_mode = None
+        if not images.remote:
+            return ImageReader()
+        largs = self.config.loader_args
+        cache = data_cache_dir(largs.cache_dir)
+        self.remote_mode = choose_remote_mode(largs.remote, images.remote_bytes, cache)
+        if self.remote_mode == "stream":
+            return ImageReader()
+        stage(images.uris, cache, sizes=images.sizes, sha256=images.sha256)
+        # Every node stages the same files at about the same speed, so the wait here is short.
+        distributed.barrier()
+        return ImageReader(cache)
 
     def _setup_model(self) -> None:
         cfg, margs = self.config, self.config.method_args
@@ -445,6 +463,8 @@ class Trainer:
             "precision": self.precision.name,
             "device": str(self.device),
             "failed_images": self.failures.num_failed,
+            "data_fingerprint": self.data_fingerprint,
+            "remote_data": self.remote_mode,
         }
         return resolved
 
