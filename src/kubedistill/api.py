@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kubedistill.config import build, build_train_config, method_defaults
@@ -13,6 +15,7 @@ from kubedistill.models.teachers import load_teacher
 from kubedistill.training.trainer import TrainResult, run_training
 
 if TYPE_CHECKING:
+    from kubedistill.config import ValidateConfig
     from kubedistill.data.validation import ValidationResult
     from kubedistill.evaluation.run import ProbeResult
     from kubedistill.tracking.registry import RegistrationResult
@@ -69,6 +72,7 @@ def validate(
     labels: Literal["auto", "folder", "none"] = "auto",
     workers: int | Literal["auto"] = "auto",
     max_pixels: int = 178_956_970,
+    mlflow: dict[str, Any] | None = None,
 ) -> ValidationResult:
     """Check every image under ``data`` (a folder or gs://bucket/prefix) and write ``out/manifest.jsonl`` (the
     good images), ``out/report.json`` and ``out/report.md`` (``out`` may be local or gs://).
@@ -78,11 +82,37 @@ def validate(
     "auto" labels a class-per-folder layout (root/<class>/...), "folder" requires one, "none" never labels.
     Raises ConfigError for invalid arguments and DataError when the data cannot be listed.
     """
-    values = _plain(dict(locals()))
     from kubedistill.config import build_validate_config
-    from kubedistill.data.validation import run_validation
 
-    return run_validation(build_validate_config(values))
+    values = {k: v for k, v in locals().items() if k != "build_validate_config"}
+    return validate_from_config(build_validate_config(_plain(values)))
+
+
+def validate_from_config(config: ValidateConfig) -> ValidationResult:
+    """``validate`` for a built config (the CLI's path): validate, then log the report and counts to MLflow
+    when tracking is configured (a tracking failure is logged and never changes the outcome)."""
+    import tempfile
+
+    from kubedistill.data.validation import REPORT_JSON, REPORT_MD, render_markdown, run_validation
+    from kubedistill.tracking.steps import log_validation
+
+    result = run_validation(config)
+    totals = result.report["totals"]
+    counts = {
+        "files_seen": totals["files_seen"],
+        "images_ok": totals["images_ok"],
+        "bad": totals["bad"],
+        "bad_fraction": totals["bad_fraction"],
+        "passed": int(result.passed),
+        **{f"problem_{k}": v for k, v in totals["problems"].items()},
+    }
+    with tempfile.TemporaryDirectory() as folder:  # `out` may be gs://: log local copies of the report
+        Path(folder, REPORT_JSON).write_text(json.dumps(result.report, indent=2))
+        Path(folder, REPORT_MD).write_text(render_markdown(result.report))
+        result.mlflow_run_id = log_validation(
+            folder, counts, mlflow=config.mlflow, params={"data": config.data, "out": config.out}
+        )
+    return result
 
 
 def describe(method: str = "distillation") -> dict[str, Any]:

@@ -51,10 +51,10 @@ def _train(args: dict) -> int:
 
 
 def _validate(args: dict) -> int:
+    from kubedistill.api import validate_from_config
     from kubedistill.config import build_validate_config
-    from kubedistill.data.validation import run_validation
 
-    result = run_validation(build_validate_config(args))  # as api.validate, but missing keys are ConfigErrors
+    result = validate_from_config(build_validate_config(args))  # missing keys are ConfigErrors here
     print(json.dumps(result.summary()))
     if not result.passed:
         print(f"kubedistill validate: {result.report['verdict']} (see {result.report_md})", file=sys.stderr)

@@ -368,6 +368,8 @@ class ValidateConfig:
     labels: Literal["auto", "folder", "none"] = "auto"
     workers: int | Literal["auto"] = "auto"
     max_pixels: int = 178_956_970  # data.images.MAX_IMAGE_PIXELS
+    # MLflow: the report and counts as a nested "validate" run; unset fields come from MLFLOW_* variables.
+    mlflow: MLflowArgs | None = None
 
     def problems(self) -> list[str]:
         found = []

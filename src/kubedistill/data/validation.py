@@ -75,6 +75,7 @@ class ValidationResult:
     manifest: str  # URI of manifest.jsonl
     report_json: str
     report_md: str
+    mlflow_run_id: str | None = None  # set by the API when the step was logged to MLflow
 
     @property
     def fingerprint(self) -> str:
@@ -91,6 +92,7 @@ class ValidationResult:
             "fingerprint": self.fingerprint,
             "manifest": self.manifest,
             "report": self.report_json,
+            "mlflow_run_id": self.mlflow_run_id,
         }
 
 
