@@ -9,10 +9,14 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # xformers, so it is installed without dependencies (the model code needs only torch).
 DINOV2_REF ?= dinov2==0.0.1.dev2
 SETUP_STAMP := $(VENV)/.stamp-setup
+# The benchmark venv for LightlyTrain (make bench-speed): the newest release that works with TORCH_SPEC.
+LIGHTLY_VENV ?= benchmarks/.venv-lightly
+LIGHTLY_SPEC ?= lightly-train==0.18.0
+LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow lint demo bench-train bench-probe clean
+.PHONY: help setup test test-slow lint demo bench-train bench-probe bench-quality bench-speed clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +47,20 @@ bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher 
 
 bench-probe: setup ## Linear probe + kNN speed and accuracy vs scikit-learn, 10k features (see BENCHMARKS.md)
 	$(PY) benchmarks/probe_speed.py
+
+bench-quality: setup ## Quality: random vs distilled student vs teacher, linear probe on rendered digits (~20 min)
+	$(PY) benchmarks/quality/benchmark.py $(BENCH_QUALITY_ARGS)
+
+bench-speed: setup $(LIGHTLY_STAMP) ## Speed: kubedistill vs LightlyTrain distillationv1 in one run (~15 min)
+	$(PY) benchmarks/speed_vs_lightly.py $(BENCH_SPEED_ARGS)
+
+# LightlyTrain in its own venv (its dependencies must not leak into .venv), torch pinned the same way.
+$(LIGHTLY_STAMP): Makefile
+	@test -x $(LIGHTLY_VENV)/bin/python || $(PYTHON) -m venv $(LIGHTLY_VENV)
+	$(LIGHTLY_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(LIGHTLY_VENV)/bin/python -m pip install -q $(LIGHTLY_SPEC)
+	$(LIGHTLY_VENV)/bin/python -m pip check
+	@touch $@
 
 clean: ## Remove build outputs and the demo's output (keeps .venv)
 	rm -rf out build dist src/*.egg-info .pytest_cache .ruff_cache

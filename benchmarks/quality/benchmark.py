@@ -1,0 +1,342 @@
+"""Offline quality benchmark ("known teacher"): does label-free distillation transfer what a teacher knows?
+
+1. Render scikit-learn's digits as a harder image set (render.py): random scale, position, colour and
+   background texture, several renders per digit, a fixed stratified train/test split on the source digits.
+2. Train a teacher WITH labels on the train renders (teacher.py) and save it as TorchScript.
+3. Distill `torchvision/resnet18` (random init) from that teacher WITHOUT labels on the train renders, with
+   `kubedistill train` (method_args.teacher = the TorchScript file), one run per (setting, time budget).
+4. Score three feature extractors with the product's probe (linear probe + kNN, fitted on the labeled train
+   renders, scored on the test renders): the random-init student and each distilled student through
+   `kubedistill.probe` on their exported files, the teacher through the same feature extraction and
+   evaluate_features at the same image size. Gap closed = (distilled - random) / (teacher - random), linear top-1.
+
+Time budgets: a short calibration run measures seconds per step and the fixed start-up cost for each image
+size; a budget of M minutes then becomes max_steps = (M x 60 - start-up) / (seconds per step), with epochs =
+ceil(max_steps / steps per epoch). The trainer's schedule (warm-up, cosine decay) is computed from those
+steps, so it ends at the budget instead of being cut off mid-way. The wall time each run really took is in
+the table; on a busy machine it overshoots.
+
+"defaults" is every method default except the image size, which is the renders' size (32; the default 224
+would upsample each image 7x and cost ~50x the compute). Suites:
+    main       the random student, the teacher and HEADLINE at 10 minutes (`make bench-quality`)
+    budgets    defaults and the settings grid at 5 minutes; the best of those, and defaults, at 5/10/15
+    ablations  at 5 minutes: mixup off, AdamW, queue sizes, temperatures (each against defaults)
+    all        budgets + ablations
+
+    .venv/bin/python benchmarks/quality/benchmark.py [--suite main] [--workdir out/bench-quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import plot  # noqa: E402
+import render  # noqa: E402
+import teacher as teacher_lib  # noqa: E402
+
+STUDENT = "torchvision/resnet18"
+IMAGE_SIZE = 32
+BATCH_SIZE = 128  # the method's default global batch
+
+# Settings are `kubedistill train` key=value overrides on top of the method's defaults.
+DEFAULTS: dict[str, object] = {}
+GRID: dict[str, dict[str, object]] = {
+    "LARS lr x3": {"optim_args.lr": 5.4},
+    "LARS lr x0.3": {"optim_args.lr": 0.54},
+    "AdamW": {"optim": "adamw"},
+    "AdamW lr x3": {"optim": "adamw", "optim_args.lr": 1.5e-3},
+    "image 64": {"transform_args.image_size": [64, 64]},
+}
+ABLATIONS: dict[str, dict[str, object]] = {
+    "mixup off": {"method_args.mixup": False},
+    "AdamW": {"optim": "adamw"},
+    "queue 512": {"method_args.queue_size": 512},
+    "queue 4096": {"method_args.queue_size": 4096},
+    "temperature 0.04": {"method_args.temperature": 0.04},
+    "temperature 0.2": {"method_args.temperature": 0.2},
+}
+# The setting `make bench-quality` runs at 10 minutes: the best documented setting found by `--suite budgets`
+# (it prints the winner); "defaults" until that has been measured on a quiet machine.
+HEADLINE = "defaults"
+CALIBRATION_STEPS = 12
+
+
+def settings_for(name: str) -> dict[str, object]:
+    if name == "defaults":
+        return DEFAULTS
+    return GRID.get(name) or ABLATIONS[name]
+
+
+# ------------------------------------------------------------------------------------------- data and teacher
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict]:
+    data = args.workdir / "data"
+    counts = render.render_dataset(
+        data, renders_train=args.renders_train, renders_test=args.renders_test, size=IMAGE_SIZE, seed=args.seed
+    )
+    print(f"renders: {counts['train']} train, {counts['test']} test ({IMAGE_SIZE}x{IMAGE_SIZE}) in {data}", flush=True)
+    teacher_path = args.workdir / "teacher.pt"
+    stamp = args.workdir / "teacher.json"
+    params = {"epochs": args.teacher_epochs, "width": args.teacher_width, "renders": counts, "seed": args.seed}
+    if teacher_path.exists() and stamp.exists() and json.loads(stamp.read_text())["params"] == params:
+        info = json.loads(stamp.read_text())["result"]
+    else:
+        info = teacher_lib.train_teacher(
+            data / "train", data / "test", teacher_path, image_size=IMAGE_SIZE, epochs=args.teacher_epochs,
+            width=args.teacher_width, seed=args.seed,
+        )  # fmt: skip
+        stamp.write_text(json.dumps({"params": params, "result": info}, indent=2))
+    print(f"teacher: own classifier {info['test_accuracy']:.3f} on test, trained in {info['train_seconds']:.0f} s",
+          flush=True)  # fmt: skip
+    return data, teacher_path, info
+
+
+# ------------------------------------------------------------------------------------------- probes
+
+
+def probe_student(exported: Path, data: Path, out: Path) -> dict:
+    """``kubedistill.probe`` on an exported student: linear + kNN on the labeled renders."""
+    import kubedistill
+
+    return dict(kubedistill.probe(checkpoint=exported, train=data / "train", val=data / "test", out=out).metrics)
+
+
+def probe_teacher(teacher_path: Path, data: Path, image_size: int) -> dict:
+    """The teacher through the same feature extraction and probes as `kubedistill probe` uses."""
+    from kubedistill.evaluation.features import extract_features
+    from kubedistill.evaluation.probe import evaluate_features
+    from kubedistill.evaluation.run import load_labeled
+
+    model = torch.jit.load(str(teacher_path), map_location="cpu").eval()
+    train_uris, train_labels = load_labeled(str(data / "train"))
+    val_uris, val_labels = load_labeled(str(data / "test"))
+    extract = {"image_size": image_size, "normalize": True, "batch_size": 64, "num_workers": 0, "device": "cpu"}
+    return evaluate_features(
+        extract_features(model, train_uris, **extract), train_labels,
+        extract_features(model, val_uris, **extract), val_labels,
+    )  # fmt: skip
+
+
+def export_random_student(path: Path, image_size: int, seed: int) -> Path:
+    """A random-init student (the distillation's starting point, same seed) as an exported student file."""
+    from kubedistill.data.transforms import NormalizeArgs
+    from kubedistill.models.export import StudentMetadata, export_student
+    from kubedistill.models.students import build_student
+
+    torch.manual_seed(seed)
+    student = build_student(STUDENT, image_size=(image_size, image_size))
+    norm = NormalizeArgs()
+    metadata = StudentMetadata(STUDENT, student.feature_dim, (image_size, image_size), norm.mean, norm.std)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_student(student, metadata, path)
+    return path
+
+
+def cached(path: Path, compute) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ------------------------------------------------------------------------------------------- distillation
+
+
+def train_command(out: Path, data: Path, teacher: Path, settings: dict, *, epochs: int, max_steps: int,
+                  seed: int) -> list[str]:  # fmt: skip
+    values = {
+        "out": out, "data": data / "train", "model": STUDENT, "method": "distillation",
+        "method_args.teacher": teacher, "transform_args.image_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "batch_size": BATCH_SIZE, "epochs": epochs, "max_steps": max_steps, "seed": seed, "accelerator": "cpu",
+        "log_every_n_steps": 1, "overwrite": "true", **settings,
+    }  # fmt: skip
+    tokens = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in values.items()]
+    return [sys.executable, "-m", "kubedistill", "train", *[t.replace(" ", "") for t in tokens]]
+
+
+def run_train(command: list[str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"training failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def image_size_of(settings: dict) -> int:
+    return int(settings.get("transform_args.image_size", [IMAGE_SIZE])[0])
+
+
+def calibrate(args: argparse.Namespace, data: Path, teacher: Path, settings: dict) -> dict:
+    """Seconds per step and start-up seconds of a short run at this setting's image size (cached per size)."""
+    size = image_size_of(settings)
+    path = args.workdir / "calibration" / f"size{size}.json"
+
+    def measure() -> dict:
+        out = args.workdir / "calibration" / f"size{size}"
+        probe_settings = {"transform_args.image_size": [size, size]} if size != IMAGE_SIZE else {}
+        wall = run_train(train_command(out, data, teacher, probe_settings, epochs=1000,
+                                       max_steps=CALIBRATION_STEPS, seed=args.seed))  # fmt: skip
+        records = _read_jsonl(out / "metrics.jsonl")
+        per_step = statistics.median(BATCH_SIZE / r["images_per_second"] for r in records[2:])
+        return {"seconds_per_step": per_step, "startup_seconds": max(0.0, wall - per_step * len(records))}
+
+    return cached(path, measure)
+
+
+def distill(args: argparse.Namespace, data: Path, teacher: Path, name: str, minutes: float) -> dict:
+    """One distillation run of ``name``'s settings within ``minutes``, probed; cached by name and budget."""
+    settings = settings_for(name)
+    tag = f"{name.replace(' ', '_')}-{minutes:g}min"
+    out = args.workdir / "runs" / tag
+
+    def compute() -> dict:
+        cal = calibrate(args, data, teacher, settings)
+        steps = max(1, int((minutes * 60 - cal["startup_seconds"]) / cal["seconds_per_step"]))
+        steps_per_epoch = args.num_train // BATCH_SIZE
+        epochs = math.ceil(steps / steps_per_epoch)
+        command = train_command(out, data, teacher, settings, epochs=epochs, max_steps=steps, seed=args.seed)
+        print(f"[{tag}] {steps} steps ({epochs} epochs of {steps_per_epoch}): {' '.join(command[2:])}", flush=True)
+        wall = run_train(command)
+        metrics = probe_student(out / "exported" / "student.pt", data, out / "probe")
+        curve = [(r["step"], r["loss"]) for r in _read_jsonl(out / "metrics.jsonl")]
+        return {"name": name, "minutes": minutes, "settings": settings, "steps": steps, "epochs": epochs,
+                "wall_s": wall, "probe": metrics, "loss_curve": curve}  # fmt: skip
+
+    result = cached(out / "result.json", compute)
+    print(f"[{tag}] linear top-1 {result['probe']['linear_top1']:.3f}, kNN top-1 {result['probe']['knn_top1']:.3f}, "
+          f"{result['steps']} steps in {result['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip
+    return result
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------- suites
+
+
+def plan(args: argparse.Namespace, run) -> list[dict]:
+    """Run the suite's distillations in order; ``run(name, minutes)`` does (or loads) one."""
+    budgets = [float(b) for b in args.budgets.split(",")]
+    results = []
+    if args.suite == "main":
+        return [run(args.headline, args.main_minutes)]
+    if args.suite in ("budgets", "all"):
+        short = min(budgets)
+        grid = [run(name, short) for name in ["defaults", *GRID]]
+        best = max(grid, key=lambda r: r["probe"]["linear_top1"])
+        print(f"best setting at {short:g} min: {best['name']} (set HEADLINE to it for `make bench-quality`)")
+        results += grid
+        for name in dict.fromkeys(["defaults", best["name"]]):
+            results += [run(name, m) for m in budgets if m != short]
+    if args.suite in ("ablations", "all"):
+        results += [run(name, min(budgets)) for name in ["defaults", *ABLATIONS]]
+    return _unique(results)
+
+
+def _unique(results: list[dict]) -> list[dict]:
+    seen, unique = set(), []
+    for r in results:
+        if (r["name"], r["minutes"]) not in seen:
+            seen.add((r["name"], r["minutes"]))
+            unique.append(r)
+    return unique
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["main", "budgets", "ablations", "all"], default="main")
+    parser.add_argument("--workdir", type=Path, default=Path("out/bench-quality"),
+                        help="renders, teacher, runs and cached results (delete it to measure again)")
+    parser.add_argument("--budgets", default="5,10,15", help="distillation budgets in minutes")
+    parser.add_argument("--headline", default=HEADLINE, help="setting of the main suite's run")
+    parser.add_argument("--main-minutes", type=float, default=10.0, help="budget of the main suite's run")
+    parser.add_argument("--renders-train", type=int, default=4, help="renders per train digit")
+    parser.add_argument("--renders-test", type=int, default=2, help="renders per test digit")
+    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--teacher-width", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default WORKDIR/quality.png)")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data, teacher_path, teacher_info = prepare(args)
+    args.num_train = sum(1 for _ in (data / "train").glob("*/*.png"))
+    probes = args.workdir / "probes"
+    random_probe = cached(probes / "random.json", lambda: probe_student(
+        export_random_student(probes / "random_student.pt", IMAGE_SIZE, args.seed), data, probes / "random"))
+    teacher_probe = cached(probes / "teacher.json", lambda: probe_teacher(teacher_path, data, IMAGE_SIZE))
+    print(f"probe linear top-1: random student {random_probe['linear_top1']:.3f}, teacher "
+          f"{teacher_probe['linear_top1']:.3f}", flush=True)  # fmt: skip
+    results = plan(args, lambda name, minutes: distill(args, data, teacher_path, name, minutes))
+    png = args.plot or args.workdir / "quality.png"
+    plot.write_png(png, random_probe["linear_top1"], teacher_probe["linear_top1"], results)
+    print_table(args, random_probe, teacher_probe, teacher_info, results, png)
+
+
+def gap_closed(distilled: float, random: float, teacher: float) -> float:
+    return (distilled - random) / (teacher - random) if teacher != random else float("nan")
+
+
+def print_table(args, random_probe: dict, teacher_probe: dict, teacher_info: dict, results: list[dict],
+                png: Path) -> None:  # fmt: skip
+    command = "make bench-quality" if sys.argv[1:] in ([], ["--suite", "main"]) else (
+        "python benchmarks/quality/benchmark.py " + " ".join(sys.argv[1:]))
+    r_lin, t_lin = random_probe["linear_top1"], teacher_probe["linear_top1"]
+    print(f"\n### Quality: {STUDENT} distilled without labels from a teacher trained with labels (rendered digits, "
+          f"{IMAGE_SIZE}x{IMAGE_SIZE})")
+    print(f"- command: `{command}`")
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {torch.__version__}")
+    print(f"- date: {datetime.date.today().isoformat()}; {random_probe['num_train']} train / "
+          f"{random_probe['num_val']} test renders; teacher: own classifier {teacher_info['test_accuracy']:.3f}; "
+          f"plot: {png}")
+    print()
+    print("| feature extractor | setting | budget (min) | wall (min) | steps | epochs | linear top-1 | kNN top-1 | "
+          "gap closed (linear) | final loss |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| random-init student | - | - | - | - | - | {r_lin:.3f} | {random_probe['knn_top1']:.3f} | 0.00 | - |")
+    print(f"| teacher (labels) | - | - | - | - | - | {t_lin:.3f} | {teacher_probe['knn_top1']:.3f} | 1.00 | - |")
+    for r in results:
+        p = r["probe"]
+        gap = gap_closed(p["linear_top1"], r_lin, t_lin)
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "method defaults"
+        print(f"| distilled student | {r['name']} ({settings}) | {r['minutes']:g} | {r['wall_s'] / 60:.1f} | "
+              f"{r['steps']} | {r['epochs']} | {p['linear_top1']:.3f} | {p['knn_top1']:.3f} | {gap:.2f} | "
+              f"{r['loss_curve'][-1][1]:.4f} |")
+    print()
+    print(f"- teacher - random (linear top-1): {100 * (t_lin - r_lin):.1f} points (the benchmark needs >= 20)")
+    ten = [r for r in results if r["minutes"] == 10]
+    for r in ten:
+        gap = gap_closed(r["probe"]["linear_top1"], r_lin, t_lin)
+        print(f"- {r['name']} at 10 min: gap closed {gap:.2f} (target >= 0.85: {'met' if gap >= 0.85 else 'NOT met'})")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
