@@ -19,7 +19,8 @@ from typing import Any, Literal, TypedDict
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kubedistill.data.images import ImageDecodeError, read_image
+from kubedistill.data.images import ImageDecodeError
+from kubedistill.data.remote import ImageReader
 from kubedistill.data.samplers import SampleKey, ShardedEpochSampler, sample_seed
 from kubedistill.errors import ConfigError, DataError
 
@@ -53,7 +54,8 @@ class ImageDataset(Dataset[Sample]):
         files: image paths (local), e.g. from ``list_image_files`` or a validated manifest.
         transform: called on the decoded uint8 (3, H, W) tensor, e.g. a ``DistillationTransform``.
         max_retries: substitutes to try after a failure before giving up with ``DataError``.
-        loader: path -> uint8 (3, H, W) tensor; ``read_image`` by default (swap it for remote storage).
+        loader: URI -> uint8 (3, H, W) tensor; by default an ``ImageReader`` (local paths, and gs:// URIs read
+            from the bucket; give it a cache folder to read staged copies).
         seed: base of the per-sample augmentation seeds used with (epoch, index) keys.
     """
 
@@ -63,7 +65,7 @@ class ImageDataset(Dataset[Sample]):
         transform: Callable[[torch.Tensor], torch.Tensor],
         *,
         max_retries: int = 16,
-        loader: Callable[[str], torch.Tensor] = read_image,
+        loader: Callable[[str], torch.Tensor] | None = None,
         seed: int = 0,
     ):
         if len(files) == 0:
@@ -73,7 +75,7 @@ class ImageDataset(Dataset[Sample]):
         self.files = list(files)
         self.transform = transform
         self.max_retries = max_retries
-        self.loader = loader
+        self.loader = loader if loader is not None else ImageReader()
         self.seed = seed
         self._step = _coprime_step(len(self.files))
         self._warned: set[str] = set()  # per process: each DataLoader worker warns once per bad file

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from kubedistill.data.datasets import resolve_num_workers
+from kubedistill.data.manifest import load_labeled
 from kubedistill.evaluation.features import extract_features, resolve_device
 from kubedistill.evaluation.linear import DEFAULT_HOLDOUT_FRACTION, DEFAULT_L2_GRID
 from kubedistill.evaluation.plots import save_confusion_png
@@ -125,25 +125,3 @@ def write_outputs(out: Path, outcome: ProbeOutcome, metrics: dict[str, Any]) -> 
     save_confusion_png({"linear probe": outcome.confusion["linear"], "kNN": outcome.confusion["knn"]},
                        outcome.classes, out / CONFUSION_PNG)  # fmt: skip
     return out
-
-
-def load_labeled(uri: str) -> tuple[list[str], list[str]]:
-    """Image URIs and class labels of a class-per-folder root or a labeled manifest (the data layer's reader)."""
-    try:
-        from kubedistill.data.manifest import load_labeled as data_load_labeled
-    except ImportError:  # older data layer: local class-per-folder roots only
-        return _local_class_folders(uri)
-    return data_load_labeled(uri)
-
-
-def _local_class_folders(root: str) -> tuple[list[str], list[str]]:
-    from kubedistill.data.files import list_image_files
-    from kubedistill.errors import DataError
-
-    if not os.path.isdir(root):
-        raise DataError(f"{root} is not a folder: give a class-per-folder root (root/<class>/<image>)")
-    uris = list_image_files(root)
-    labels = [os.path.relpath(u, os.path.abspath(root)).split(os.sep)[0] for u in uris]
-    if any(os.sep not in os.path.relpath(u, os.path.abspath(root)) for u in uris) or len(set(labels)) < 2:
-        raise DataError(f"{root} is not a class-per-folder layout with at least two classes (root/<class>/<image>)")
-    return uris, labels
