@@ -269,19 +269,6 @@ def exists(uri: str) -> bool:
     return to_local_path(uri).exists()
 
 
-def read_many(uris: list[str], *, workers: int = 32) -> Iterator[tuple[str, bytes | StorageError]]:
-    """(uri, content or the StorageError) for each URI, in order, read by ``workers`` threads."""
-
-    def read(uri: str) -> bytes | StorageError:
-        try:
-            return read_bytes(uri)
-        except StorageError as e:
-            return e
-
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="read") as pool:
-        yield from zip(uris, pool.map(read, uris), strict=True)
-
-
 # --- Google Cloud Storage client and errors ---------------------------------------------------------------------
 
 _client_lock = threading.Lock()
