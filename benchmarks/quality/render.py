@@ -1,13 +1,14 @@
 """scikit-learn's digits rendered as a harder image set: random scale, position, colour and background texture.
 
 Each of the 1,797 8x8 digits is drawn several times on a ``size`` x ``size`` RGB canvas: the digit's strokes
-(its 0-16 intensities, upscaled smoothly) are blended in one random colour over a random textured background
-(a colour gradient, low-frequency colour noise or stripes, plus pixel noise) with a few stroke-like
-distractors. The stratified train/test split is made on the source digits, so no digit has renders on both
-sides. Layout: ``root/{train,test}/<label>/<digit>_<render>.png``; labels come only from the folder names.
+(its 0-16 intensities, upscaled smoothly, random height 30-66% of the canvas and aspect 0.7-1.2) are blended in
+one random colour over a random textured background (a colour gradient, low-frequency colour noise or stripes,
+pulled towards its mean colour by a random factor), with at most one thin stray stroke and pixel noise. The
+stratified train/test split is made on the source digits, so no digit has renders on both sides. Layout:
+``root/{train,test}/<label>/<digit>_<render>.png``; labels come only from the folder names.
 
-The variation is there to make the benchmark mean something: on the plain 8x8 digits even a random-init
-network's features are linearly separable (see the random student's probe in the benchmark's table).
+The variation is there so that a random-init network's features do not already separate the classes: the
+benchmark needs the teacher's probe at least 20 points above the random student's (its table prints both).
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ class TeacherNet(nn.Module):
     """Input instance norm -> four conv stages (two 3x3 convs each, BN, ReLU, 2x2 max-pool) -> global average
     pool -> Linear.
 
-    The instance norm takes out each image's colour and contrast; without it this net sits at chance for the
-    first few hundred steps on the renders (measured), because of their random colours and textures.
+    The instance norm takes out each image's colour and contrast. In a 90-step test on the renders (batch 64,
+    AdamW 1e-3) the net without it stayed at chance-level loss while the net with it got well below (2.30 vs
+    1.47); the random colours and textures are what hold it back.
     """
 
     def __init__(self, width: int = 32, embed_dim: int = EMBED_DIM):
