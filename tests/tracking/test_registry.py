@@ -67,6 +67,8 @@ def test_gate_versions_aliases_idempotency_and_loading(tmp_path, mlflow_server, 
     assert (r3.version, r3.alias, r3.champion_version) == (3, "champion", 3)
     again = _register(better, better_metrics, "student-gate", mlflow_server)
     assert (again.version, again.alias, again.created) == (3, "champion", False)
+    first_again = _register(first, first_metrics, "student-gate", mlflow_server)  # was champion, not any more
+    assert (first_again.version, first_again.alias, first_again.created) == (1, "challenger", False)
     assert len(client.search_model_versions("name='student-gate'")) == 3
 
     tags = client.get_model_version("student-gate", "3").tags

@@ -44,20 +44,27 @@ def test_flatten_nests_with_dots():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
 
 
-def test_a_lost_server_mid_run_warns_then_stops_logging(mlflow_server, monkeypatch, caplog):
+def test_a_lost_server_mid_run_warns_then_stops_logging(mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: the retries are MLflow's own
-    monkeypatch.setattr(logging.getLogger("kubedistill"), "propagate", True)  # a train test may have unset it
     target = resolve_target({"tracking_uri": mlflow_server, "experiment_name": "lost-server"})
     run = StepRun.open(target, "train", strict=False)
     run.log_metrics({"loss": 1.0}, step=1)
     gone = MlflowClient(f"http://127.0.0.1:{free_port()}")  # the server "went away"
     run.client = gone
-    with caplog.at_level(logging.WARNING, logger="kubedistill"):
+    # A handler on the module's own logger: independent of what earlier tests did to propagation and levels.
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    runs_logger = logging.getLogger("kubedistill.tracking.runs")
+    runs_logger.addHandler(handler)
+    try:
         for step in range(2, 2 + MAX_CONSECUTIVE_FAILURES + 2):
             run.log_metrics({"loss": 0.5}, step=step)  # never raises
+    finally:
+        runs_logger.removeHandler(handler)
     assert run.disabled
-    assert caplog.text.count("MLflow: could not log metrics") == MAX_CONSECUTIVE_FAILURES
-    assert "no more MLflow logging in this run" in caplog.text
+    assert sum("MLflow: could not log metrics" in m for m in messages) == MAX_CONSECUTIVE_FAILURES
+    assert any("no more MLflow logging in this run" in m for m in messages)
     history = MlflowClient(mlflow_server).get_metric_history(run.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0)]
 

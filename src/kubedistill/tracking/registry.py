@@ -142,7 +142,8 @@ def _find_version(client: Any, name: str, sha: str) -> Any | None:
 
 def _already_registered(client: Any, config: RegisterConfig, version: Any, value: float) -> RegistrationResult:
     champion = _champion(client, config.name)
-    alias = version.tags.get(GATE_TAG, CHAMPION if champion and champion.version == version.version else CHALLENGER)
+    # Its state now: the gate's decision may be stale (a later version can have taken the champion alias).
+    alias = CHAMPION if champion is not None and champion.version == version.version else CHALLENGER
     reason = f"this model (sha256 {version.tags[SHA_TAG][:12]}) is already version {version.version}; nothing new"
     logger.info("%s: %s", config.name, reason)
     return RegistrationResult(
