@@ -106,6 +106,14 @@ def test_rerun_gives_the_same_manifest_and_fingerprint(tmp_path: Path, corpus) -
     assert third.fingerprint != first.fingerprint
 
 
+def test_dedup_off_keeps_exact_copies(tmp_path: Path, corpus) -> None:
+    root = corpus.write(tmp_path / "data")
+    result = kubedistill.validate(data=root, out=tmp_path / "out", dedup=False, **LENIENT)
+    uris = {e.uri for e in read_manifest(result.manifest)}
+    assert str(root / "dogs" / "copy_of_cat.jpg") in uris and str(root / "cats" / "cats_000.jpg") in uris
+    assert result.report["totals"]["problems"]["duplicate"] == 0 and len(uris) == 35
+
+
 def test_labels_modes(tmp_path: Path, corpus) -> None:
     root = corpus.write(tmp_path / "data")
     unlabeled = kubedistill.validate(data=root, out=tmp_path / "none", labels="none", **LENIENT)
