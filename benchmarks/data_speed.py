@@ -22,7 +22,6 @@ import logging
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_name
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
@@ -216,10 +216,8 @@ def main() -> None:
         rows.append(("loader, 224, default augmentations", f"kubedistill ImageDataset, {per}", f"{rate_ours:.1f}"))
         rows.append(("loader, 224, default augmentations", f"PIL + torchvision.transforms, {per}", f"{rate_theirs:.1f}"))
 
-    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
-                         text=True).stdout.strip()  # fmt: skip
     print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {os.cpu_count()} CPUs ({cpu or platform.processor()}), torch {torch.__version__}, "
+    print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}), torch {torch.__version__}, "
           f"Python {platform.python_version()}")  # fmt: skip
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"data: {n} JPEGs 500x375, {megabytes:.0f} MB; loader rows use the first {args.loader_images}\n")

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import cpu_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -209,15 +210,7 @@ def print_table(args: argparse.Namespace, peaks: dict, phases: dict, product: fl
 
 
 def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import cpu_name
 
 from kubedistill.evaluation.knn import knn_scores
 from kubedistill.evaluation.linear import DEFAULT_L2_GRID, stratified_split, train_linear_probe
@@ -98,7 +99,7 @@ def main() -> None:
 
     print(f"- command: `.venv/bin/python benchmarks/probe_speed.py` ({args.train} train / {args.val} val rows, "
           f"{args.classes} classes, {args.dim}-d)")  # fmt: skip
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {torch.__version__}, "
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_name()}; torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}, scikit-learn {_sklearn_version()}; "
           f"date: {datetime.date.today().isoformat()}")  # fmt: skip
     print()
@@ -108,14 +109,6 @@ def main() -> None:
         print(f"| {name} | {secs:.2f} | {top1:.4f} | {top5:.4f} |")
     print()
     print(json.dumps({"rows": rows}))
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def _sklearn_version() -> str:

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_name
+
 HERE = Path(__file__).resolve().parent
 LIGHTLY_PYTHON = HERE / ".venv-lightly" / "bin" / "python"
 TEACHER_FILE = "dinov2_vitb14_pretrain.pth"
@@ -209,7 +211,7 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     print(f"\n### kubedistill vs LightlyTrain distillationv1: resnet18 + dinov2/vitb14 (random weights), 224x224, "
           f"global batch {args.batch_size}, {args.num_workers} DataLoader worker(s) each unless named, CPU")
     print(f"- command: `{command}`")
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {_version('torch')}; "
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_name()}; torch {_version('torch')}; "
           f"lightly-train {_lightly_version()}")
     print(f"- date: {datetime.date.today().isoformat()}; {args.steps} steps per run on "
           f"{args.batch_size * max(args.steps, args.dataset_steps)} images, median images/s over steps {args.warmup + 1}-{args.steps}; {args.repeats} "
@@ -233,16 +235,6 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
             ratio = s["images_per_second"] / fastest
             print(f"- {name} vs LightlyTrain's fastest setting: {ratio:.2f}x (target >= 1.30x: "
                   f"{'met' if ratio >= 1.3 else 'NOT met'})")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _version(package: str) -> str:

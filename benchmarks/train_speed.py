@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_name
 from PIL import Image
 
 VARIANTS = {
@@ -149,7 +150,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
     print(f"\n### Training step: {args.model} student + {args.teacher} teacher (random weights), "
           f"{args.image_size}x{args.image_size}, global batch {args.batch_size}, CPU")
     print(f"- command: `{command}`")
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {_torch_version()}")
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_name()}; torch {_torch_version()}")
     print(f"- date: {datetime.date.today().isoformat()}; {args.steps} steps per run, median over steps "
           f"{args.warmup + 1}-{args.steps}; {args.repeats} interleaved runs per variant, median of runs")
     print()
@@ -163,16 +164,6 @@ def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
         print()
         for name, r in results.items():
             print(f"- {name}: {r['images_per_second'] / results['fp32']['images_per_second']:.2f}x fp32")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _torch_version() -> str:

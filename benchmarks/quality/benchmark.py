@@ -44,10 +44,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # benchmarks/common.py
 
 import plot  # noqa: E402
 import render  # noqa: E402
 import teacher as teacher_lib  # noqa: E402
+from common import cpu_name  # noqa: E402
 
 STUDENT = "torchvision/resnet18"
 IMAGE_SIZE = 32
@@ -313,7 +315,7 @@ def print_table(args, random_probe: dict, teacher_probe: dict, teacher_info: dic
     print(f"\n### Quality: {STUDENT} distilled without labels from a teacher trained with labels (rendered digits, "
           f"{IMAGE_SIZE}x{IMAGE_SIZE})")
     print(f"- command: `{command}`")
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {_cpu_name()}; torch {torch.__version__}")
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_name()}; torch {torch.__version__}")
     print(f"- date: {datetime.date.today().isoformat()}; {random_probe['num_train']} train / "
           f"{random_probe['num_val']} test renders; teacher: own classifier {teacher_info['test_accuracy']:.3f}; "
           f"plot: {png}")
@@ -336,16 +338,6 @@ def print_table(args, random_probe: dict, teacher_probe: dict, teacher_info: dic
     for r in ten:
         gap = gap_closed(r["probe"]["linear_top1"], r_lin, t_lin)
         print(f"- {r['name']} at 10 min: gap closed {gap:.2f} (target >= 0.85: {'met' if gap >= 0.85 else 'NOT met'})")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
