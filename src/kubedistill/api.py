@@ -80,6 +80,7 @@ def validate(
     Every file is listed and every candidate image decoded fully. ``result.passed`` is False (the CLI exits 3)
     when more than ``max_bad_fraction`` of the images have problems or no valid image is left. ``labels``:
     "auto" labels a class-per-folder layout (root/<class>/...), "folder" requires one, "none" never labels.
+    ``mlflow`` (or MLFLOW_TRACKING_URI / MLFLOW_RUN_ID) logs the counts and the report as a "validate" run.
     Raises ConfigError for invalid arguments and DataError when the data cannot be listed.
     """
     from kubedistill.config import build_validate_config
