@@ -12,10 +12,12 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
 
 
-def write_png(path: Path, random_top1: float, teacher_top1: float, runs: list[dict]) -> None:
+def write_png(path: Path, random_probes: dict[int, dict], teacher_top1: float, runs: list[dict]) -> None:
+    """``random_probes``: image size -> the random-init student's probe metrics at that size."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
-    bars = [("random-init student", random_top1, (150, 150, 150)), ("teacher (labels)", teacher_top1, (0, 0, 0))]
+    bars = [(f"random-init student, {size} px", p["linear_top1"], (150, 150, 150)) for size, p in random_probes.items()]
+    bars.append(("teacher (labels)", teacher_top1, (0, 0, 0)))
     bars += [(f"{r['name']} @ {r['minutes']:g} min", r["probe"]["linear_top1"], COLOURS[i % len(COLOURS)])
              for i, r in enumerate(runs)]  # fmt: skip
     _bars(draw, (PAD, PAD, WIDTH // 2 - PAD // 2, HEIGHT - PAD), bars)

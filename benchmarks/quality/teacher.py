@@ -25,13 +25,18 @@ class TeacherNet(nn.Module):
     """Input instance norm -> four conv stages (two 3x3 convs each, BN, ReLU, 2x2 max-pool) -> global average
     pool -> Linear.
 
+    Any other input size is first resized (bilinear, antialiased) to ``input_size``, the size the net was
+    trained at, as a DINOv2 teacher sees every input at its own patch scale: a student may then train at a
+    larger image size than the renders' without changing what the teacher sees.
+
     The instance norm takes out each image's colour and contrast. In short tests on the renders (batch 64,
     AdamW 1e-3) the net without it was still at chance-level loss after 60 steps (2.30), the net with it at
     1.47 after 90; the random colours and textures are what hold the plain net back.
     """
 
-    def __init__(self, width: int = 32, embed_dim: int = EMBED_DIM):
+    def __init__(self, width: int = 32, embed_dim: int = EMBED_DIM, input_size: int = 32):
         super().__init__()
+        self.input_size = input_size
         layers: list[nn.Module] = [nn.InstanceNorm2d(3)]
         channels = 3
         for stage, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
@@ -45,6 +50,10 @@ class TeacherNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, embed_dim)."""
+        if images.shape[-2] != self.input_size or images.shape[-1] != self.input_size:
+            images = nn.functional.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return self.embed(self.trunk(images))
 
 
@@ -71,7 +80,7 @@ def train_teacher(
     """Train with labels, save the TorchScript embedding network to ``out``; returns its test accuracy."""
     torch.manual_seed(seed)
     images, labels, _ = load_split(train_root)
-    net, classifier = TeacherNet(width), nn.Linear(EMBED_DIM, 10)
+    net, classifier = TeacherNet(width, input_size=image_size), nn.Linear(EMBED_DIM, 10)
     # bf16 autocast and channels-last convolutions: ~4x fp32 on CPUs with native bf16 (the teacher is
     # saved with fp32 weights; the distillation run decides its own precision).
     net.to(memory_format=torch.channels_last)

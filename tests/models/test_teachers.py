@@ -13,7 +13,7 @@ from torch import nn
 from kubedistill.errors import WeightsError
 from kubedistill.models import teachers
 from kubedistill.models.teachers import TEACHERS, infer_teacher_name, load_teacher
-from kubedistill.models.vit import DinoV2ViT, ViTConfig
+from kubedistill.models.vit import DinoV2ViT, ViTConfig, cls_only_block
 from kubedistill.storage import sha256_file
 
 # The hub models' settings: 518 px position grid, layer scale, plain (unchunked) block list.
@@ -270,3 +270,16 @@ def test_torchscript_teacher_errors(tmp_path: Path, vits_reference) -> None:
         load_teacher(str(vits_reference[1]))
     with pytest.raises(WeightsError, match="carries its own weights"):
         load_teacher(str(spatial), weights=str(vits_reference[1]))
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
+def test_cls_only_last_block_equals_the_full_block(ffn: str) -> None:
+    """The forward pass computes its last block for the CLS token alone; that must equal the full block."""
+    model = _randomize_(DinoV2ViT(ViTConfig(embed_dim=96, depth=2, num_heads=3, ffn=ffn, pos_grid=4)), seed=3).eval()
+    tokens = torch.randn(3, 17, 96)
+    block = model.blocks[-1]
+    with torch.no_grad():
+        expected = block(tokens)[:, 0]
+        got = cls_only_block(block, tokens)
+    assert got.shape == (3, 96)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -113,10 +113,12 @@ class DinoV2ViT(nn.Module):
         tokens = torch.cat((self.cls_token.expand(patches.shape[0], -1, -1), patches), dim=1)
         pos = interpolate_pos_embed(self.pos_embed, height, width, self.config.patch_size)
         tokens = tokens + pos.to(tokens.dtype)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             tokens = block(tokens)
-        # LayerNorm acts per token, so normalizing the CLS token alone equals norm(tokens)[:, 0].
-        return self.norm(tokens[:, 0])
+        # Only the CLS token's output is used, so the last block computes it alone: the same result as
+        # block(tokens)[:, 0] at ~1/6 of the block's cost (~7% of a ViT-B/14 forward at 224 px). LayerNorm acts
+        # per token, so normalizing the CLS token alone equals norm(tokens)[:, 0].
+        return self.norm(cls_only_block(self.blocks[-1], tokens))
 
     def init_random_(self) -> DinoV2ViT:
         """DINOv2's initialization (layer scale starts at 1.0 by construction); for smoke tests only."""
@@ -128,6 +130,29 @@ class DinoV2ViT(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         return self
+
+
+def cls_only_block(block: Block, tokens: torch.Tensor) -> torch.Tensor:
+    """``block(tokens)[:, 0]`` for a timm ``Block``, computed for the CLS token alone: (B, N, D) -> (B, D).
+
+    Keys and values still come from every token; the query, the attention output, the projection and the MLP
+    are computed for the first token only.
+    """
+    attn = block.attn
+    batch, num_tokens, dim = tokens.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    normed = block.norm1(tokens)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q_bias, kv_bias = (None, None) if bias is None else (bias[:dim], bias[dim:])
+    q = F.linear(normed[:, :1], weight[:dim], q_bias).reshape(batch, 1, heads, head_dim).transpose(1, 2)
+    kv = F.linear(normed, weight[dim:], kv_bias).reshape(batch, num_tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+    k, v = kv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, 1, dim)
+    out = attn.proj(attn.norm(out))
+    cls = tokens[:, :1] + block.ls1(out)
+    cls = cls + block.ls2(block.mlp(block.norm2(cls)))
+    return cls[:, 0]
 
 
 def _make_block(config: ViTConfig) -> nn.Module:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from kubedistill.errors import ConfigError
 
@@ -32,6 +33,23 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def cast_frozen_matmul_weights_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the weights of a frozen module's Linear and Conv layers in ``dtype``, in place; returns how many
+    layers were cast.
+
+    Autocast casts every weight to bf16 again on each forward pass unless it is a leaf that requires grad, which
+    a frozen teacher's never are: ~170 MB of copies per ViT-B/14 forward. Pre-casting gives the same values
+    (autocast would round them identically) without the copies. Norm layers keep their fp32 parameters, as
+    autocast runs them in fp32. TorchScript modules are left alone.
+    """
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)) and not any(p.requires_grad for p in layer.parameters()):
+            layer.to(dtype)
+            count += 1
+    return count
 
 
 def resolve_device(accelerator: str) -> torch.device:
