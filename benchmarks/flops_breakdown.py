@@ -81,19 +81,21 @@ def measure_phases(args: argparse.Namespace, files: list[str], device: torch.dev
     from kubedistill.models.students import build_student
     from kubedistill.models.teachers import load_teacher
     from kubedistill.training.optim import build_optimizer
-    from kubedistill.training.precision import resolve_precision
+    from kubedistill.training.precision import cast_frozen_matmul_weights_, resolve_precision
 
     plan = resolve_precision("auto", device)
     size = (args.image_size, args.image_size)
     dataset = ImageDataset(files, DistillationTransform(DistillationTransformArgs(image_size=size)))
     teacher = load_teacher(args.teacher, weights="none").to(device)
+    if plan.teacher_bf16:  # as the trainer does
+        cast_frozen_matmul_weights_(teacher)
     student = build_student(args.model, image_size=size)
     method = Distillation(student=student, student_dim=student.feature_dim, teacher=teacher,
                           teacher_dim=teacher.embed_dim, queue_size=auto_queue_size(len(files))).to(device)  # fmt: skip
     method.train()
     optimizer = build_optimizer([method.student, method.head], LARSArgs(), 0.1)
     images = torch.stack([dataset[i]["image"] for i in range(args.batch_size)]).to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" or plan.student_bf16:  # as the trainer does
         method.student.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     with plan.teacher_autocast(device):

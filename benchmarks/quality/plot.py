@@ -18,14 +18,19 @@ def write_png(path: Path, random_probes: dict[int, dict], teacher_top1: float, r
     draw = ImageDraw.Draw(image)
     bars = [(f"random-init student, {size} px", p["linear_top1"], (150, 150, 150)) for size, p in random_probes.items()]
     bars.append(("teacher (labels)", teacher_top1, (0, 0, 0)))
-    bars += [(f"{r['name']} @ {r['minutes']:g} min", r["probe"]["linear_top1"], COLOURS[i % len(COLOURS)])
+    bars += [(_label(r), r["probe"]["linear_top1"], COLOURS[i % len(COLOURS)])
              for i, r in enumerate(runs)]  # fmt: skip
     _bars(draw, (PAD, PAD, WIDTH // 2 - PAD // 2, HEIGHT - PAD), bars)
-    curves = [(f"{r['name']} @ {r['minutes']:g} min", r["loss_curve"], COLOURS[i % len(COLOURS)])
+    curves = [(_label(r), r["loss_curve"], COLOURS[i % len(COLOURS)])
               for i, r in enumerate(runs)]  # fmt: skip
     _curves(draw, (WIDTH // 2 + PAD, PAD, WIDTH - PAD, HEIGHT - PAD), curves)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def _label(run: dict) -> str:
+    budget = f"{run['steps']} steps" if run.get("fixed_steps") else f"{run['minutes']:g} min"
+    return f"{run['name']} @ {budget}"
 
 
 def _bars(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], bars: list) -> None:
