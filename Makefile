@@ -48,7 +48,7 @@ bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher 
 bench-probe: setup ## Linear probe + kNN speed and accuracy vs scikit-learn, 10k features (see BENCHMARKS.md)
 	$(PY) benchmarks/probe_speed.py
 
-bench-quality: setup ## Quality: random vs distilled student vs teacher, linear probe on rendered digits (~20 min)
+bench-quality: setup ## Quality: random vs distilled student vs teacher, linear probe on rendered digits (~15 min)
 	$(PY) benchmarks/quality/benchmark.py $(BENCH_QUALITY_ARGS)
 
 bench-speed: setup $(LIGHTLY_STAMP) ## Speed: kubedistill vs LightlyTrain distillationv1 in one run (~15 min)
