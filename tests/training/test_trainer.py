@@ -10,9 +10,11 @@ import torch
 import yaml
 
 import kubedistill
+from kubedistill.config import build_train_config
 from kubedistill.errors import ConfigError, DataError, OutputDirError
 from kubedistill.models.students import build_student
 from kubedistill.training.checkpoint import load_checkpoint
+from kubedistill.training.trainer import Trainer
 
 FAST = {
     "model": "torchvision/resnet18",
@@ -139,9 +141,7 @@ def test_queue_larger_than_dataset_is_an_error(tmp_path, image_folder):
 
 
 def _world_problems(world_size: int, local: int, **overrides) -> list[str]:
-    from kubedistill.config import build_train_config
     from kubedistill.training.distributed import ProcessInfo
-    from kubedistill.training.trainer import Trainer
 
     trainer = Trainer(build_train_config({"out": "o", "data": "d", "model": "torchvision/resnet18", **overrides}))
     trainer.proc = ProcessInfo(rank=0, world_size=world_size, local_rank=0, local_world_size=local)
@@ -161,3 +161,25 @@ def test_global_batch_must_split_evenly_over_processes():
 def test_more_devices_without_torchrun_explains_how_to_launch():
     problems = _world_problems(1, 1, devices=2, num_nodes=2)
     assert len(problems) == 1 and "torchrun --nnodes=2 --nproc-per-node=2 -m kubedistill train" in problems[0]
+
+
+@pytest.mark.parametrize(("precision", "bf16"), [("bf16-mixed", True), ("32-true", False)])
+def test_bf16_runs_the_student_channels_last_and_stores_the_frozen_teacher_in_bf16(tmp_path, image_folder, precision,
+                                                                                 bf16):  # fmt: skip
+    """The two speed choices that follow the precision: NHWC student convolutions (oneDNN's fast bf16 path) and
+    teacher matmul weights kept in bf16 instead of being re-cast by autocast on every forward."""
+    config = build_train_config({**FAST, "out": str(tmp_path / "out"), "data": str(image_folder),
+                                 "precision": precision, "max_steps": 2})  # fmt: skip
+    trainer = Trainer(config)
+    trainer.setup()
+    try:
+        conv = trainer.method.student.model.conv1.weight if hasattr(trainer.method.student, "model") else next(
+            p for p in trainer.method.student.parameters() if p.ndim == 4)  # fmt: skip
+        assert conv.is_contiguous(memory_format=torch.channels_last) is bf16
+        qkv = trainer.method.teacher.backbone.blocks[0].attn.qkv.weight
+        assert qkv.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        assert trainer.method.teacher.backbone.norm.weight.dtype == torch.float32
+        trainer.train()  # and a run in that layout completes with a finite loss
+        assert all(torch.isfinite(torch.tensor(r["loss"])) for r in _metrics(tmp_path / "out"))
+    finally:
+        trainer.cleanup()
