@@ -173,8 +173,7 @@ def test_bf16_runs_the_student_channels_last_and_stores_the_frozen_teacher_in_bf
     trainer = Trainer(config)
     trainer.setup()
     try:
-        conv = trainer.method.student.model.conv1.weight if hasattr(trainer.method.student, "model") else next(
-            p for p in trainer.method.student.parameters() if p.ndim == 4)  # fmt: skip
+        conv = next(p for p in trainer.method.student.parameters() if p.ndim == 4)
         assert conv.is_contiguous(memory_format=torch.channels_last) is bf16
         qkv = trainer.method.teacher.backbone.blocks[0].attn.qkv.weight
         assert qkv.dtype == (torch.bfloat16 if bf16 else torch.float32)
