@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from kubedistill.demo import write_digits
+from kubedistill.devtools.digits import write_digits
 
 
 def make_teacher(path: Path) -> None:

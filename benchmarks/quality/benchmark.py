@@ -1,8 +1,8 @@
 """Offline quality benchmark ("known teacher"): does label-free distillation transfer what a teacher knows?
 
-1. Render scikit-learn's digits as a harder image set (render.py): random scale, position, colour and
+1. Render scikit-learn's digits as a harder image set (kubedistill.devtools.digits): random scale, position, colour and
    background texture, several renders per digit, a fixed stratified train/test split on the source digits.
-2. Train a teacher WITH labels on the train renders (teacher.py) and save it as TorchScript.
+2. Train a teacher WITH labels on the train renders (kubedistill.devtools.known_teacher) and save it as TorchScript.
 3. Distill `torchvision/resnet18` (random init) from that teacher WITHOUT labels on the train renders, with
    `kubedistill train` (method_args.teacher = the TorchScript file), one run per (setting, time budget).
 4. Score three feature extractors with the product's probe (linear probe + kNN, fitted on the labeled train
@@ -51,9 +51,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # benchmarks/common.py
 
 import plot  # noqa: E402
-import render  # noqa: E402
-import teacher as teacher_lib  # noqa: E402
 from common import cpu_name  # noqa: E402
+
+from kubedistill.devtools import digits, known_teacher  # noqa: E402
 
 STUDENT = "torchvision/resnet18"
 IMAGE_SIZE = 32
@@ -117,22 +117,15 @@ def tag_of(name: str) -> str:
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path, dict]:
     data = args.workdir / "data"
-    counts = render.render_dataset(
+    counts = digits.render_dataset(
         data, renders_train=args.renders_train, renders_test=args.renders_test, size=IMAGE_SIZE, seed=args.seed
     )
     print(f"renders: {counts['train']} train, {counts['test']} test ({IMAGE_SIZE}x{IMAGE_SIZE}) in {data}", flush=True)
     teacher_path = args.workdir / "teacher.pt"
-    stamp = args.workdir / "teacher.json"
-    params = {"epochs": args.teacher_epochs, "width": args.teacher_width, "renders": counts, "seed": args.seed,
-              "input_size": IMAGE_SIZE}  # fmt: skip
-    if teacher_path.exists() and stamp.exists() and json.loads(stamp.read_text())["params"] == params:
-        info = json.loads(stamp.read_text())["result"]
-    else:
-        info = teacher_lib.train_teacher(
-            data / "train", data / "test", teacher_path, image_size=IMAGE_SIZE, epochs=args.teacher_epochs,
-            width=args.teacher_width, seed=args.seed,
-        )  # fmt: skip
-        stamp.write_text(json.dumps({"params": params, "result": info}, indent=2))
+    info = known_teacher.cached_teacher(
+        data, teacher_path, image_size=IMAGE_SIZE, epochs=args.teacher_epochs, width=args.teacher_width, seed=args.seed,
+        log=lambda line: print(line, flush=True),
+    )  # fmt: skip
     print(f"teacher: own classifier {info['test_accuracy']:.3f} on test, trained in {info['train_seconds']:.0f} s",
           flush=True)  # fmt: skip
     return data, teacher_path, info

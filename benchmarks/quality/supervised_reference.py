@@ -11,7 +11,6 @@ label-free student cannot be expected to in N steps either.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from teacher import load_split
-
 from kubedistill.data.transforms import NormalizeArgs
+from kubedistill.devtools.known_teacher import load_split
 from kubedistill.evaluation.probe import evaluate_features
 from kubedistill.models.students import build_student
 

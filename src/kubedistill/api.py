@@ -140,6 +140,9 @@ def probe(
     l2_grid: list[float] | None = None,
     holdout_fraction: float = 0.2,
     seed: int = 0,
+    random_baseline: bool = False,
+    teacher: str | None = None,
+    teacher_weights: str | None = None,
     mlflow: dict[str, Any] | None = None,
 ) -> ProbeResult:
     """Score the exported student ``checkpoint`` with a linear probe and a weighted kNN classifier.
@@ -148,6 +151,11 @@ def probe(
     probe's penalty is chosen on a held-out part of ``train``, never on ``val``. Writes ``out/metrics.json``,
     ``out/confusion_matrix.json`` and ``out/confusion_matrix.png``, and logs them to MLflow when tracking is
     configured (``mlflow`` or MLFLOW_TRACKING_URI). Returns a ProbeResult (out, metrics, mlflow_run_id).
+
+    References, scored the same way: ``random_baseline`` adds the student's architecture with random weights
+    (``random_*`` metrics), ``teacher`` (with ``teacher_weights``, as in ``train``'s method_args) adds the
+    teacher (``teacher_*``); with both, ``gap_closed`` is the share of the random-to-teacher gap the student
+    closed (linear top-1).
     """
     values = {k: v for k, v in _plain(dict(locals())).items() if v is not None}
     from kubedistill.evaluation.run import ProbeConfig, run_probe

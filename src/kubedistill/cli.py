@@ -26,6 +26,7 @@ commands:
   probe      linear probe + kNN accuracy of an exported student on labeled train/val images
              kubedistill probe checkpoint=out/exp/exported/student.pt train=labeled/train val=labeled/val
              out=out/probe [k=20] [temperature=0.07] [device=auto] [mlflow.tracking_uri=http://...]
+             [random_baseline=true] [teacher=dinov2/vitb14]: also score a random-init student and the teacher
   register   register the student in the MLflow Model Registry; alias champion if it beats the champion
              kubedistill register model=out/exp/exported/student.pt metrics=out/probe/metrics.json
              name=my-student [min_top1=0.0] [metric=linear_top1] [tracking_uri=http://mlflow:5000]

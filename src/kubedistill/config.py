@@ -8,6 +8,7 @@ impossible value) is collected and raised once as a :class:`~kubedistill.errors.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,23 @@ def parse_key_values(tokens: Sequence[str]) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     return result
+
+
+def to_key_values(values: Mapping[str, Any]) -> list[str]:
+    """The inverse of ``parse_key_values``: ``{"a": 1, "b": {"c": "x"}}`` -> ``["a=1", "b.c=x"]``.
+
+    Values are written so that ``parse_value`` reads them back unchanged: strings that YAML would read as
+    something else (``"true"``, ``"1e-3"``, ``""``) are quoted, everything else is JSON (a subset of YAML).
+    """
+    tokens = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            tokens += [f"{key}.{token}" for token in to_key_values(value)]
+        elif isinstance(value, str):
+            tokens.append(f"{key}={value if value and parse_value(value) == value else json.dumps(value)}")
+        else:
+            tokens.append(f"{key}={json.dumps(value)}")
+    return tokens
 
 
 def _set_dotted(target: dict[str, Any], parts: list[str], value: Any, token: str, problems: list[str]) -> None:

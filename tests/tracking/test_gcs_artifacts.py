@@ -13,8 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import kubedistill
+from kubedistill.devtools.mlflow_server import MlflowServer
 
-from .conftest import make_exported_student, start_mlflow_server, stop
+from .conftest import make_exported_student
 
 BUCKET = "mlflow-artifacts"
 
@@ -34,11 +35,8 @@ def gcs_mlflow_server(tmp_path_factory) -> Iterator[tuple[str, str]]:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
         folder = tmp_path_factory.mktemp("mlflow-gcs")
         env = {"STORAGE_EMULATOR_HOST": gcs_url, "GOOGLE_CLOUD_PROJECT": "test"}
-        url, proc = start_mlflow_server(folder, artifacts=f"gs://{BUCKET}/root", env=env)
-        try:
+        with MlflowServer(folder, artifacts=f"gs://{BUCKET}/root", env=env) as url:
             yield url, gcs_url
-        finally:
-            stop(proc)
     if saved is not None:
         os.environ["STORAGE_EMULATOR_HOST"] = saved
 

@@ -3,6 +3,11 @@
 Outputs in ``out``: metrics.json (see ``evaluate_features``), confusion_matrix.json (class names and the
 linear and kNN matrices, rows = true class) and confusion_matrix.png. The metrics are also logged to MLflow
 when tracking is configured.
+
+References (optional): ``random_baseline`` probes the same architecture with random weights (where
+distillation started) and ``teacher`` probes the teacher (what the student learned from), both through the
+same feature extraction at the student's image size and normalization. Their metrics are added with a
+``random_`` / ``teacher_`` prefix, and ``gap_closed`` = (student - random) / (teacher - random), linear top-1.
 """
 
 from __future__ import annotations
@@ -14,12 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from kubedistill.data.datasets import resolve_num_workers
 from kubedistill.data.manifest import load_labeled
 from kubedistill.evaluation.features import extract_features, resolve_device
 from kubedistill.evaluation.linear import DEFAULT_HOLDOUT_FRACTION, DEFAULT_L2_GRID
 from kubedistill.evaluation.plots import save_confusion_png
-from kubedistill.evaluation.probe import DEFAULT_K, DEFAULT_TEMPERATURE, ProbeOutcome, run_probes
+from kubedistill.evaluation.probe import (
+    DEFAULT_K,
+    DEFAULT_TEMPERATURE,
+    ProbeOutcome,
+    evaluate_features,
+    run_probes,
+)
 from kubedistill.models.export import load_student
 from kubedistill.tracking.config import MLflowArgs
 from kubedistill.utils import atomic_write_text
@@ -29,6 +42,8 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
 CONFUSION_PNG = "confusion_matrix.png"
+# The metrics kept for each reference model (random-init student, teacher).
+REFERENCE_METRICS = ("linear_top1", "linear_top5", "knn_top1", "knn_top5")
 
 
 @dataclass
@@ -47,6 +62,11 @@ class ProbeConfig:
     l2_grid: list[float] = field(default_factory=lambda: list(DEFAULT_L2_GRID))
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
     seed: int = 0
+    # References: the student's architecture with random weights (seeded), and the teacher it learned from
+    # (a dinov2/... name or a TorchScript path/URI; teacher_weights as in `train`'s method_args).
+    random_baseline: bool = False
+    teacher: str | None = None
+    teacher_weights: str | None = None
     mlflow: MLflowArgs | None = None
 
     def problems(self) -> list[str]:
@@ -95,21 +115,54 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     train_features = extract_features(student, train_uris, **extract)
     val_features = extract_features(student, val_uris, **extract)
     extracted = time.perf_counter()
-    outcome = run_probes(
-        train_features, train_labels, val_features, val_labels, k=config.k, temperature=config.temperature,
-        l2_grid=config.l2_grid, holdout_fraction=config.holdout_fraction, seed=config.seed, device=device,
+    probe_args = dict(
+        k=config.k, temperature=config.temperature, l2_grid=config.l2_grid, holdout_fraction=config.holdout_fraction,
+        seed=config.seed, device=device,
     )  # fmt: skip
+    outcome = run_probes(train_features, train_labels, val_features, val_labels, **probe_args)
     metrics = {
         **outcome.metrics,
         "extract_seconds": round(extracted - started, 3),
         "probe_seconds": round(time.perf_counter() - extracted, 3),
     }
+    for prefix, model in _references(config, student):
+        scored = evaluate_features(
+            extract_features(model, train_uris, **extract), train_labels,
+            extract_features(model, val_uris, **extract), val_labels, **probe_args,
+        )  # fmt: skip
+        metrics.update({f"{prefix}_{key}": scored[key] for key in REFERENCE_METRICS})
+    if "random_linear_top1" in metrics and "teacher_linear_top1" in metrics:
+        metrics["gap_closed"] = gap_closed(
+            metrics["linear_top1"], metrics["random_linear_top1"], metrics["teacher_linear_top1"]
+        )
     out = write_outputs(Path(config.out), outcome, metrics)
     logger.info("probe: %s", ", ".join(f"{k}={metrics[k]:.4f}" for k in ("linear_top1", "knn_top1")))
     params = {"checkpoint": config.checkpoint, "train": config.train, "val": config.val, "k": config.k,
               "temperature": config.temperature, "model": student.metadata.model}  # fmt: skip
     run_id = log_probe(out, metrics, mlflow=config.mlflow, params=params)
     return ProbeResult(out, metrics, run_id)
+
+
+def _references(config: ProbeConfig, student) -> list[tuple[str, torch.nn.Module]]:
+    """(metric prefix, eval-mode model) of each reference asked for."""
+    from kubedistill.models.export import LoadedStudent
+    from kubedistill.models.students import build_student
+    from kubedistill.models.teachers import load_teacher
+
+    references: list[tuple[str, torch.nn.Module]] = []
+    if config.random_baseline:
+        torch.manual_seed(config.seed)
+        random = build_student(student.metadata.model, image_size=student.metadata.image_size)
+        references.append(("random", LoadedStudent(random, student.metadata).eval()))
+    if config.teacher:
+        references.append(("teacher", load_teacher(config.teacher, config.teacher_weights)))
+    return references
+
+
+def gap_closed(student: float, random: float, teacher: float) -> float:
+    """The share of the random-to-teacher gap the student closed (1.0: as good as the teacher); NaN without a gap."""
+    gap = teacher - random
+    return (student - random) / gap if abs(gap) > 1e-9 else float("nan")
 
 
 def write_outputs(out: Path, outcome: ProbeOutcome, metrics: dict[str, Any]) -> Path:

@@ -181,16 +181,20 @@ def make_client(tracking_uri: str) -> Any:
 def _create_or_resume(
     client: Any, target: TrackingTarget, step: str, tags: Mapping[str, str], resume_run_id: str | None
 ) -> str:
-    if resume_run_id:
-        client.update_run(resume_run_id, status="RUNNING")
-        return resume_run_id
+    existing = resume_run_id or target.run_id
+    if existing:
+        client.update_run(existing, status="RUNNING")
+        if target.run_id and not resume_run_id:  # a run made for us (KFP's plugin): say which step it is
+            for key, value in {"kubedistill.step": step, **tags}.items():
+                client.set_tag(existing, key, value)
+        return existing
     all_tags = {"kubedistill.step": step, **tags}
     if target.parent_run_id:
         # Nested runs live in their parent's experiment, whatever MLFLOW_EXPERIMENT_NAME says.
         experiment_id = client.get_run(target.parent_run_id).info.experiment_id
         all_tags["mlflow.parentRunId"] = target.parent_run_id
     else:
-        experiment_id = experiment_id_for(client, target.experiment_name)
+        experiment_id = target.experiment_id or experiment_id_for(client, target.experiment_name)
     run = client.create_run(experiment_id, tags=all_tags, run_name=target.run_name or step)
     return run.info.run_id
 

@@ -1,4 +1,5 @@
-"""The benchmark's "known teacher": a small CNN trained WITH labels on the train renders, saved as TorchScript.
+"""A "known teacher" for the quality benchmark and the demo: a small CNN trained WITH labels on rendered digits
+(``kubedistill.devtools.digits``), saved as TorchScript, so that distillation has something real to pass on.
 
 The saved module maps normalized (B, 3, H, W) images (ImageNet mean/std, like every kubedistill input) to
 (B, 128) embeddings: the layer the classifier reads, so the embedding carries what the labels taught. Any H, W
@@ -7,6 +8,7 @@ works (global average pooling), which `method_args.teacher` needs (it probes a 2
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -65,6 +67,23 @@ def load_split(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, [str(p) for p in paths]
 
 
+def cached_teacher(
+    data: Path, path: Path, *, image_size: int, epochs: int, width: int = 32, seed: int = 0, log=print
+) -> dict[str, float]:
+    """``train_teacher`` on ``data/train`` (scored on ``data/test``) unless ``path`` already holds a teacher
+    trained with the same settings on the same renders (``path`` + ``.json`` records them); returns its info."""
+    stamp = path.with_suffix(".json")
+    renders = json.loads((data / "render.json").read_text()) if (data / "render.json").is_file() else None
+    params = {"epochs": epochs, "width": width, "renders": renders, "seed": seed, "input_size": image_size}
+    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text())["params"] == params:
+        return json.loads(stamp.read_text())["result"]
+    info = train_teacher(
+        data / "train", data / "test", path, image_size=image_size, epochs=epochs, width=width, seed=seed, log=log
+    )
+    stamp.write_text(json.dumps({"params": params, "result": info}, indent=2))
+    return info
+
+
 def train_teacher(
     train_root: Path,
     test_root: Path,
@@ -76,6 +95,7 @@ def train_teacher(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    log=print,
 ) -> dict[str, float]:
     """Train with labels, save the TorchScript embedding network to ``out``; returns its test accuracy."""
     torch.manual_seed(seed)
@@ -105,7 +125,7 @@ def train_teacher(
             optimizer.step()
             schedule.step()
         losses.append(float(loss.detach()))
-        print(f"teacher epoch {epoch + 1}/{epochs}: loss {losses[-1]:.3f}", flush=True)
+        log(f"teacher epoch {epoch + 1}/{epochs}: loss {losses[-1]:.3f}")
     train_seconds = time.perf_counter() - start
     accuracy = _accuracy(net, classifier, test_root, image_size)
     net.eval().to(memory_format=torch.contiguous_format)

@@ -1,14 +1,16 @@
-"""scikit-learn's digits rendered as a harder image set: random scale, position, colour and background texture.
+"""scikit-learn's digits as image files: plain (``write_digits``) or rendered as a harder image set
+(``render_dataset``), for the demo, tests and benchmarks.
 
-Each of the 1,797 8x8 digits is drawn several times on a ``size`` x ``size`` RGB canvas: the digit's strokes
+The harder set, ``render_dataset``: random scale, position, colour and background texture. Each of the 1,797 8x8 digits is drawn several times on a ``size`` x ``size`` RGB canvas: the digit's strokes
 (its 0-16 intensities, upscaled smoothly, random height 30-66% of the canvas and aspect 0.7-1.2) are blended in
 one random colour over a random textured background (a colour gradient, low-frequency colour noise or stripes,
 pulled towards its mean colour by a random factor), with at most one thin stray stroke and pixel noise. The
 stratified train/test split is made on the source digits, so no digit has renders on both sides. Layout:
 ``root/{train,test}/<label>/<digit>_<render>.png``; labels come only from the folder names.
 
-The variation is there so that a random-init network's features do not already separate the classes: the
-benchmark needs the teacher's probe at least 20 points above the random student's (its table prints both).
+The variation is there so that a random-init network's features do not already separate the classes (on the
+plain digits they nearly do): the quality benchmark and the demo need the teacher's probe far above the random
+student's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+VAL_EVERY = 5  # write_digits(split=True): every 5th digit goes to val
 # The digit's box stays inside the central 7/8 of the canvas: feature extraction centre-crops that much.
 MARGIN_FRACTION = 1 / 16
 MIN_DIGIT_FRACTION, MAX_DIGIT_FRACTION = 0.30, 0.66
@@ -28,11 +31,36 @@ MIN_CONTRAST = 0.5
 TEXTURE_STRENGTH = (0.25, 0.7)
 
 
+def write_digits(folder: Path, *, size: int = 32, split: bool = False) -> int:
+    """Write the plain digits as ``folder/<label>/<index>.png`` (upscaled to size x size); returns the count.
+
+    With ``split``, every ``VAL_EVERY``-th digit goes to ``folder/val/<label>/`` and the rest to
+    ``folder/train/<label>/``.
+    """
+    digits = _load_digits()
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        part = ("val" if index % VAL_EVERY == 0 else "train") if split else ""
+        path = folder / part / str(label) / f"{index:04d}.png"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gray = (pixels / 16.0 * 255).astype(np.uint8)
+        Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BILINEAR).save(path)
+    return len(digits.images)
+
+
+def _load_digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise RuntimeError("the digits image sets need scikit-learn: pip install scikit-learn") from e
+    return load_digits()
+
+
 def render_dataset(
     root: Path, *, renders_train: int, renders_test: int, size: int = 64, test_fraction: float = 0.25, seed: int = 0
 ) -> dict[str, int]:
     """Write the train and test renders under ``root`` (skipped when an identical set is there already)."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     params = {"renders_train": renders_train, "renders_test": renders_test, "size": size,
@@ -40,7 +68,7 @@ def render_dataset(
     stamp = root / "render.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
         return json.loads(stamp.read_text())["counts"]
-    digits = load_digits()
+    digits = _load_digits()
     indices = np.arange(len(digits.target))
     train_idx, test_idx = train_test_split(
         indices, test_size=test_fraction, stratify=digits.target, random_state=seed

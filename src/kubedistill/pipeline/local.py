@@ -1,0 +1,70 @@
+"""Running the compiled pipeline's DAG on this machine with kfp.local (no cluster, no docker, no KFP server).
+
+kfp.local's ``SubprocessRunner(use_venv=False)`` runs each component in a subprocess of the current Python
+environment, which must have kubedistill and kfp installed (``make setup`` does that). What kfp.local does not
+do (it warns and goes on): retries, kfp-kubernetes settings, resources; gs:// pipeline roots are not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubedistill.errors import KubedistillError
+from kubedistill.pipeline.context import RUN_FILE
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineFailedError(KubedistillError):
+    """A local pipeline run failed; the message names the step and its reason."""
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    run_id: str
+    run_dir: Path  # <output_root>/<run id>
+    summary: dict[str, Any]  # run.json, as the exit handler wrote it
+
+    def step_dir(self, step: str) -> Path:
+        return self.run_dir / step
+
+
+def run_locally(compiled: str | Path, arguments: dict[str, Any], *, pipeline_root: str | Path) -> LocalRun:
+    """Run the compiled pipeline ``compiled`` with ``arguments`` (``output_root`` must be a local folder).
+
+    Returns the run's record once it succeeded; raises PipelineFailedError naming the failing step and its
+    reason otherwise (the exit handler has run by then).
+    """
+    from kfp import components, local
+
+    output_root = Path(arguments["output_root"])
+    before = _run_dirs(output_root)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    pipeline = components.load_component_from_file(str(compiled))
+    error: Exception | None = None
+    with warnings.catch_warnings():
+        # Our components image is not named "python"; locally the components run in this environment anyway.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        try:
+            pipeline(**arguments)
+        except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
+            error = e
+    new = sorted(_run_dirs(output_root) - before, key=lambda p: p.stat().st_mtime)
+    if not new:
+        raise PipelineFailedError(f"the pipeline wrote nothing under {output_root}: {error or 'no run folder'}")
+    run_dir = new[-1]
+    summary = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
+    if error is not None or summary.get("state") != "SUCCEEDED":
+        step, reason = summary.get("failed_step"), summary.get("reason")
+        where = f"at step {step}: {reason}" if step else f"({reason or error})"
+        raise PipelineFailedError(f"the pipeline run {run_dir.name} failed {where}; its outputs are in {run_dir}")
+    return LocalRun(run_dir.name, run_dir, summary)
+
+
+def _run_dirs(root: Path) -> set[Path]:
+    return {p for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()

@@ -1,0 +1,470 @@
+"""The pipeline's steps: validate -> distill -> probe -> (gate) register, and the exit handler's ``finalize``.
+
+Each function runs one step of one pipeline run: it calls the library, writes under the step's folder
+(``<output root>/<run id>/<step>/``), nests its MLflow run under the pipeline's parent run, and returns what
+the component turns into KFP artifacts. A failing step records its reason (``<step>/failure.json`` and tags on
+the parent run) before the exception reaches KFP, so the exit handler can say why the run failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubedistill import storage
+from kubedistill.errors import ConfigError, DataError
+from kubedistill.pipeline.context import RUN_FILE, STEPS, PipelineContext
+
+logger = logging.getLogger(__name__)
+
+# Train arguments the pipeline sets itself; `train_args` may not override them.
+RESERVED_TRAIN_KEYS = ("out", "data", "model", "method", "epochs", "batch_size", "resume_interrupted", "overwrite",
+                       "mlflow", "num_nodes", "devices")  # fmt: skip
+# What the distill step keeps of a training run besides the model (the KFP `training` artifact).
+TRAINING_FILES = ("config.yaml", "train.log", "metrics.jsonl", "mlflow_run.json", "exported/student.json")
+
+
+class DataRejectedError(DataError):
+    """Validation found more bad images than allowed (the CLI's exit status 3)."""
+
+
+@contextlib.contextmanager
+def _step(context: PipelineContext, step: str, parent) -> Iterator[None]:
+    """Record why ``step`` failed (failure.json, parent run tags) and re-raise."""
+    try:
+        yield
+    except BaseException as e:
+        if isinstance(e, Exception):
+            context.record_failure(step, e, parent)
+        raise
+
+
+@contextlib.contextmanager
+def _local_folder(uri: str) -> Iterator[Path]:
+    """A local folder for a step's outputs: ``uri`` itself when local; for gs://, a temporary folder whose files
+    are uploaded to ``uri`` when the block ends without error."""
+    if not storage.is_remote(uri):
+        path = storage.to_local_path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="kubedistill-step-") as folder:
+        yield Path(folder)
+        upload_folder(Path(folder), uri)
+
+
+def upload_folder(folder: Path, uri: str) -> None:
+    """Copy every file below ``folder`` to ``uri`` (same relative paths)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        storage.write_bytes(storage.join(uri, *path.relative_to(folder).parts), path.read_bytes())
+
+
+# ----------------------------------------------------------------------------------------------- validate
+
+
+@dataclass
+class ValidateOutputs:
+    manifest_uri: str
+    manifest_file: Path  # a local copy, for the KFP Dataset artifact
+    report_markdown: str
+    counts: dict[str, float]
+    metadata: dict[str, Any]  # the Dataset artifact's metadata: uri, fingerprint, images, classes
+
+
+def validate(
+    context: PipelineContext, *, dataset_uri: str, max_bad_fraction: float = 0.05, min_size: int = 32,
+    labels: str = "auto",
+) -> ValidateOutputs:  # fmt: skip
+    """Check every image under ``dataset_uri``; DataRejectedError when too many are bad (outputs written first)."""
+    from kubedistill.api import validate_from_config
+    from kubedistill.config import build_validate_config
+    from kubedistill.data.validation import render_markdown
+
+    parent = context.pipeline_run()
+    _log_params(context, parent, {"dataset_uri": dataset_uri, "max_bad_fraction": max_bad_fraction,
+                                  "output_root": context.output_root})  # fmt: skip
+    with _step(context, "validate", parent):
+        config = build_validate_config({
+            "data": dataset_uri, "out": context.step_uri("validate"), "min_size": min_size,
+            "max_bad_fraction": max_bad_fraction, "labels": labels,
+            "mlflow": _as_dict(context.step_mlflow("validate", parent)),
+        })  # fmt: skip
+        result = validate_from_config(config)
+        totals = result.report["totals"]
+        if not result.passed:
+            raise DataRejectedError(f"{dataset_uri}: {result.report['verdict']} (report: {result.report_md})")
+        return ValidateOutputs(
+            manifest_uri=result.manifest,
+            manifest_file=_local_copy(result.manifest),
+            report_markdown=render_markdown(result.report),
+            counts={"images_ok": totals["images_ok"], "bad": totals["bad"], "bad_fraction": totals["bad_fraction"],
+                    "files_seen": totals["files_seen"], "duplicates": totals["problems"]["duplicate"]},
+            metadata={"uri": result.manifest, "fingerprint": result.fingerprint, "images": totals["images_ok"],
+                      "classes": result.report.get("classes") or [], "report": result.report_md},
+        )  # fmt: skip
+
+
+def _local_copy(uri: str) -> Path:
+    if not storage.is_remote(uri):
+        return storage.to_local_path(uri)
+    path = Path(tempfile.mkdtemp(prefix="kubedistill-")) / Path(uri).name
+    path.write_bytes(storage.read_bytes(uri))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- distill
+
+
+@dataclass
+class DistillOutputs:
+    model_file: Path  # exported/student.pt, local
+    training_folder: Path  # config.yaml, train.log, metrics.jsonl, mlflow_run.json, student.json
+    run_uri: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # the Model artifact's metadata
+
+
+def distill(
+    context: PipelineContext,
+    *,
+    manifest_uri: str,
+    student: str,
+    teacher: str,
+    teacher_weights: str = "",
+    epochs: int = 100,
+    batch_size: int = 128,
+    image_size: int = 224,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    gpu_type: str = "",
+    launcher: str = "local",
+    train_args: str = "",
+) -> DistillOutputs:
+    """Distill ``teacher`` into ``student`` on the manifest's images with ``launcher``; the exported student.
+
+    ``train_args``: more ``kubedistill train`` arguments, space-separated key=value (they may not set what the
+    pipeline sets: out, data, model, epochs, batch size, the process layout, MLflow). The whole configuration
+    is checked here, before anything is launched. Training always resumes from the run's own checkpoints, so
+    a retried task continues where the failed attempt stopped.
+    """
+    from kubedistill.launch import LaunchRequest, get_launcher
+
+    parent = context.pipeline_run()
+    _log_params(context, parent, {
+        "student": student, "teacher": teacher, "teacher_weights": teacher_weights or "official", "epochs": epochs,
+        "batch_size": batch_size, "image_size": image_size, "nodes": nodes, "gpus_per_node": gpus_per_node,
+        "gpu_type": gpu_type, "launcher": launcher, "train_args": train_args,
+    })  # fmt: skip
+    with _step(context, "distill", parent):
+        values = train_values(
+            context, manifest_uri=manifest_uri, student=student, teacher=teacher, teacher_weights=teacher_weights,
+            epochs=epochs, batch_size=batch_size, image_size=image_size, train_args=train_args,
+            mlflow=context.step_mlflow("distill", parent),
+        )  # fmt: skip
+        launch = get_launcher(launcher)
+        out_uri = context.step_uri("distill")
+        with _local_folder(out_uri) as out:
+            values["out"] = str(out)
+            _check_train_values(values)
+            request = LaunchRequest(
+                name=job_name(context.run_id), train_args=values, nodes=nodes, procs_per_node=gpus_per_node,
+                gpu_type=gpu_type,
+            )  # fmt: skip
+            launch.run(request)
+            outputs = _read_training_run(out, out_uri)
+        return outputs
+
+
+def train_values(
+    context: PipelineContext, *, manifest_uri: str, student: str, teacher: str, teacher_weights: str, epochs: int,
+    batch_size: int, image_size: int, train_args: str, mlflow,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``kubedistill train`` arguments of the distill step (a nested dict, as ``parse_key_values`` gives)."""
+    from kubedistill.config import parse_key_values
+
+    extra = parse_key_values(train_args.split()) if train_args.strip() else {}
+    clashes = sorted(set(extra) & set(RESERVED_TRAIN_KEYS))
+    if clashes:
+        raise ConfigError([
+            f"train_args: {key!r} is set by the pipeline (use its own parameter) and cannot be overridden"
+            for key in clashes
+        ])  # fmt: skip
+    method_args = dict(extra.pop("method_args", {}) or {})
+    method_args["teacher"] = teacher
+    if teacher_weights:
+        method_args["teacher_weights"] = teacher_weights
+    transform_args = dict(extra.pop("transform_args", {}) or {})
+    transform_args.setdefault("image_size", [image_size, image_size])
+    mlflow_args = _as_dict(mlflow)
+    return {
+        "out": context.step_uri("distill"), "data": manifest_uri, "model": student, "method": "distillation",
+        "epochs": epochs, "batch_size": batch_size, "resume_interrupted": True, "method_args": method_args,
+        "transform_args": transform_args, "mlflow": mlflow_args, **extra,
+    }  # fmt: skip
+
+
+def _check_train_values(values: Mapping[str, Any]) -> None:
+    """Build the train config here, so every invalid argument is reported before a job is started."""
+    from kubedistill.config import build_train_config
+
+    build_train_config(dict(values))
+
+
+def job_name(run_id: str, prefix: str = "kd") -> str:
+    """A DNS-1035 label (lowercase, starts with a letter, <= 50 characters) that is the same for every attempt
+    of one pipeline run: a retried task finds its own job."""
+    import hashlib
+    import re
+
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    name = f"{prefix}-{cleaned}"
+    if len(name) > 50:
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+        name = f"{name[:41].rstrip('-')}-{digest}"
+    return name
+
+
+def _read_training_run(out: Path, out_uri: str) -> DistillOutputs:
+    """The exported student and the run's record, copied out of ``out`` (which may be a temporary folder)."""
+    exported = out / "exported" / "student.pt"
+    if not exported.is_file():
+        raise DataError(f"training finished without {exported}: see {out / 'train.log'}")
+    keep = Path(tempfile.mkdtemp(prefix="kubedistill-distill-"))
+    model_file = keep / "student.pt"
+    shutil.copy2(exported, model_file)
+    training = keep / "training"
+    for name in TRAINING_FILES:
+        if (out / name).is_file():
+            (training / Path(name).name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(out / name, training / Path(name).name)
+    config = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    return DistillOutputs(model_file, training, out_uri, model_metadata(config, out, out_uri))
+
+
+def model_metadata(config: Mapping[str, Any], out: Path, out_uri: str) -> dict[str, Any]:
+    """The Model artifact's metadata: what was trained, from what, how far, and where its run lives."""
+    exported = json.loads((out / "exported" / "student.json").read_text())
+    resolved = config.get("resolved") or {}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    method_args = config.get("method_args") or {}
+    mlflow_run = out / "mlflow_run.json"
+    return {
+        "student": exported["model"],
+        "teacher": method_args.get("teacher"),
+        "teacher_weights": method_args.get("teacher_weights") or "",
+        "image_size": exported["image_size"],
+        "feature_dim": exported["feature_dim"],
+        "steps": records[-1]["step"] if records else 0,
+        "epochs": config.get("epochs"),
+        "final_loss": records[-1]["loss"] if records else None,
+        "dataset_fingerprint": resolved.get("data_fingerprint"),
+        "data": config.get("data"),
+        "run_uri": out_uri,
+        "mlflow_run_id": json.loads(mlflow_run.read_text())["run_id"] if mlflow_run.is_file() else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+PROBE_METRICS = ("linear_top1", "linear_top5", "knn_top1", "knn_top5")
+
+
+@dataclass
+class ProbeOutputs:
+    metrics: dict[str, float]  # for the KFP Metrics artifact (numbers only)
+    classes: list[str]
+    confusion: list[list[int]]  # the linear probe's, rows = true class
+    summary_markdown: str
+    results_folder: Path  # metrics.json, confusion_matrix.json/.png
+    passed_gate: bool
+    gate_reason: str
+
+
+def probe(
+    context: PipelineContext, *, model_file: str, model_metadata: Mapping[str, Any], train_uri: str, val_uri: str,
+    min_top1: float = 0.0, baselines: bool = True,
+) -> ProbeOutputs:  # fmt: skip
+    """Linear probe + kNN of the distilled student (and, with ``baselines``, of a random-init student and of the
+    teacher) on labeled images; the gate: linear top-1 >= ``min_top1``."""
+    from kubedistill.api import probe as run_probe
+    from kubedistill.evaluation.run import CONFUSION_FILE
+    from kubedistill.tracking.pipeline import log_to_pipeline_run
+
+    parent = context.pipeline_run()
+    _log_params(context, parent, {"probe_train_uri": train_uri, "probe_val_uri": val_uri, "min_top1": min_top1,
+                                  "probe_baselines": baselines})  # fmt: skip
+    with _step(context, "probe", parent), _local_folder(context.step_uri("probe")) as out:
+        references = {"random_baseline": True, "teacher": model_metadata.get("teacher"),
+                      "teacher_weights": model_metadata.get("teacher_weights") or None} if baselines else {}  # fmt: skip
+        result = run_probe(
+            checkpoint=model_file, train=train_uri, val=val_uri, out=out,
+            mlflow=_as_dict(context.step_mlflow("probe", parent)), **references,
+        )  # fmt: skip
+        metrics = {k: float(v) for k, v in result.metrics.items() if _is_number(v)}
+        passed, reason = gate(metrics, min_top1)
+        confusion = json.loads((out / CONFUSION_FILE).read_text())
+        if parent is not None:
+            headline = {k: v for k, v in metrics.items() if k.endswith(PROBE_METRICS) or k == "gap_closed"}
+            log_to_pipeline_run(parent, context.tracking_target(), metrics=headline,
+                                tags={"kubedistill.gate": "passed" if passed else "failed"})  # fmt: skip
+        results = Path(tempfile.mkdtemp(prefix="kubedistill-probe-"))
+        shutil.copytree(out, results, dirs_exist_ok=True)
+    return ProbeOutputs(
+        metrics=metrics, classes=[str(c) for c in confusion["classes"]], confusion=confusion["linear"],
+        summary_markdown=probe_markdown(metrics, passed, reason, model_metadata), results_folder=results,
+        passed_gate=passed, gate_reason=reason,
+    )  # fmt: skip
+
+
+def gate(metrics: Mapping[str, float], min_top1: float) -> tuple[bool, str]:
+    """(passed, why): the probe's linear top-1 against ``min_top1``."""
+    value = metrics.get("linear_top1")
+    if value is None or not math.isfinite(value):
+        return False, "the probe produced no linear_top1"
+    if value >= min_top1:
+        return True, f"linear top-1 {value:.4f} >= min_top1 {min_top1}"
+    return False, f"linear top-1 {value:.4f} < min_top1 {min_top1}: not registered"
+
+
+def probe_markdown(metrics: Mapping[str, float], passed: bool, reason: str, meta: Mapping[str, Any]) -> str:
+    """The probe's summary for the KFP UI: the student against its references, and the gate."""
+    rows = [("distilled student", "")]
+    if "random_linear_top1" in metrics:
+        rows.insert(0, ("random-init student", "random_"))
+    if "teacher_linear_top1" in metrics:
+        rows.append((f"teacher ({meta.get('teacher')})", "teacher_"))
+    lines = [
+        f"## Linear probe and kNN: {meta.get('student', 'student')}",
+        "",
+        "| features | linear top-1 | linear top-5 | kNN top-1 | kNN top-5 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, prefix in rows:
+        cells = " | ".join(_fmt(metrics.get(prefix + key)) for key in PROBE_METRICS)
+        lines.append(f"| {label} | {cells} |")
+    if "gap_closed" in metrics:
+        lines += ["", f"Gap closed (random -> teacher, linear top-1): **{_fmt(metrics['gap_closed'])}**"]
+    lines += ["", f"Gate: **{'passed' if passed else 'not passed'}** ({reason})."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+# ----------------------------------------------------------------------------------------------- register
+
+
+@dataclass
+class RegisterOutputs:
+    name: str
+    version: int
+    alias: str
+    created: bool
+    reason: str
+    summary_markdown: str
+
+
+def register(
+    context: PipelineContext, *, model_file: str, training_folder: str, probe_folder: str, name: str,
+    min_top1: float = 0.0,
+) -> RegisterOutputs:  # fmt: skip
+    """Register the student in the MLflow Model Registry (alias champion or challenger, see ``kubedistill
+    register``) and record the version on the pipeline's run. Needs an MLflow server."""
+    from kubedistill.api import register as run_register
+    from kubedistill.evaluation.run import METRICS_FILE
+    from kubedistill.tracking.pipeline import log_to_pipeline_run
+
+    parent = context.pipeline_run(required=True)
+    _log_params(context, parent, {"registered_model_name": name})
+    with _step(context, "register", parent):
+        target = context.tracking_target(required=True)
+        result = run_register(
+            model=model_file, metrics=str(Path(probe_folder) / METRICS_FILE), name=name, min_top1=min_top1,
+            tracking_uri=target.tracking_uri, train_dir=training_folder,
+            mlflow=_as_dict(context.step_mlflow("register", parent)),
+        )  # fmt: skip
+        log_to_pipeline_run(parent, target, metrics={"registered_version": result.version}, tags={
+            "kubedistill.registered_model": result.name, "kubedistill.registered_version": result.version,
+            "kubedistill.alias": result.alias,
+        })  # fmt: skip
+        record = {"name": result.name, "version": result.version, "alias": result.alias, "created": result.created,
+                  "reason": result.reason, "tracking_uri": target.tracking_uri}  # fmt: skip
+        storage.write_bytes(storage.join(context.step_uri("register"), "registration.json"),
+                            json.dumps(record, indent=2).encode())  # fmt: skip
+    summary = (
+        f"## Registered `{result.name}` version {result.version}\n\nAlias: **{result.alias}**"
+        f"{'' if result.created else ' (already registered: nothing new)'}.\n\n{result.reason}.\n\n"
+        f"Load it with `mlflow.pyfunc.load_model(\"models:/{result.name}@{result.alias}\")`.\n"
+    )
+    return RegisterOutputs(result.name, result.version, result.alias, result.created, result.reason, summary)
+
+
+# ----------------------------------------------------------------------------------------------- finalize
+
+
+@dataclass
+class FinalizeOutputs:
+    succeeded: bool
+    state: str
+    failed_step: str | None
+    reason: str | None
+    summary: dict[str, Any]
+
+
+def finalize(context: PipelineContext, *, state: str, error_message: str | None = None) -> FinalizeOutputs:
+    """The exit handler: write ``<run>/run.json`` and end the MLflow parent run with the run's outcome.
+
+    ``state``/``error_message``: KFP's PipelineTaskFinalStatus of the pipeline body. The failing step and its
+    reason come from the steps' own records: KFP's status only says that something failed.
+    """
+    from kubedistill.tracking.pipeline import close_pipeline_run
+
+    state = state or "UNKNOWN"
+    succeeded = state == "SUCCEEDED"
+    failures = context.failures()
+    failed_step = failures[0]["step"] if failures else None
+    reason = failures[0]["reason"] if failures else None
+    if not succeeded and reason is None:
+        reason = error_message or f"the pipeline ended {state}"
+    summary = {
+        "kfp_run_id": context.run_id, "kfp_run_name": context.run_name, "state": state, "failed_step": failed_step,
+        "reason": reason, "outputs": context.run_uri,
+        "steps": {step: context.step_uri(step) for step in STEPS},
+    }  # fmt: skip
+    storage.write_bytes(storage.join(context.run_uri, RUN_FILE), json.dumps(summary, indent=2).encode())
+    parent = context.pipeline_run()
+    if parent is not None:
+        target = context.tracking_target()
+        close_pipeline_run(parent, target, succeeded=succeeded, failed_step=failed_step, reason=reason)
+        summary["mlflow_parent_run_id"] = parent.run_id
+    return FinalizeOutputs(succeeded, state, failed_step, reason, summary)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _log_params(context: PipelineContext, parent, params: Mapping[str, Any]) -> None:
+    from kubedistill.tracking.pipeline import log_to_pipeline_run
+
+    if parent is not None:
+        log_to_pipeline_run(parent, context.tracking_target(), params=params)
+
+
+def _as_dict(args) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(args).items() if v is not None}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
