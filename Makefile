@@ -16,7 +16,7 @@ LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow lint demo bench-train bench-probe bench-quality bench-speed clean
+.PHONY: help setup test test-slow lint compile demo bench-train bench-probe bench-quality bench-speed clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ setup: $(SETUP_STAMP) ## Create/update .venv with the project and its test extra
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[pipelines,test]'
 	$(PY) -m pip install -q --no-deps $(DINOV2_REF)
 	@touch $@
 
@@ -37,10 +37,13 @@ test-slow: setup ## Run only the slow tests
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup ## Lint with the pinned ruff
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks components pipelines
 
-demo: setup ## Distill on a built-in image set (scikit-learn's digits) and print where the outputs are
-	$(PY) -m kubedistill.demo
+compile: setup ## Compile the pipeline to pipelines/distillation_pipeline.yaml (committed; a test checks drift)
+	$(PY) -m pipelines.distillation_pipeline
+
+demo: setup ## Run the compiled pipeline end to end with kfp.local, a local MLflow and a known teacher (~5 min)
+	$(PY) -m pipelines.demo $(DEMO_ARGS)
 
 bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
 	$(PY) benchmarks/train_speed.py

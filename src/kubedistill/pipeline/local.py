@@ -7,9 +7,14 @@ do (it warns and goes on): retries, kfp-kubernetes settings, resources; gs:// pi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import re
+import sys
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +39,14 @@ class LocalRun:
         return self.run_dir / step
 
 
-def run_locally(compiled: str | Path, arguments: dict[str, Any], *, pipeline_root: str | Path) -> LocalRun:
+def run_locally(
+    compiled: str | Path, arguments: dict[str, Any], *, pipeline_root: str | Path, log_file: str | Path | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> LocalRun:  # fmt: skip
     """Run the compiled pipeline ``compiled`` with ``arguments`` (``output_root`` must be a local folder).
 
+    ``log_file``: kfp.local's whole output (every task's log) goes there instead of the console, and ``echo``
+    gets the lines worth showing (tasks starting and ending, training progress, errors).
     Returns the run's record once it succeeded; raises PipelineFailedError naming the failing step and its
     reason otherwise (the exit handler has run by then).
     """
@@ -47,7 +57,7 @@ def run_locally(compiled: str | Path, arguments: dict[str, Any], *, pipeline_roo
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(compiled))
     error: Exception | None = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _captured_output(log_file, echo):
         # Our components image is not named "python"; locally the components run in this environment anyway.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         try:
@@ -64,6 +74,46 @@ def run_locally(compiled: str | Path, arguments: dict[str, Any], *, pipeline_roo
         where = f"at step {step}: {reason}" if step else f"({reason or error})"
         raise PipelineFailedError(f"the pipeline run {run_dir.name} failed {where}; its outputs are in {run_dir}")
     return LocalRun(run_dir.name, run_dir, summary)
+
+
+# kfp.local's lines about tasks, the trainer's progress lines, and errors: what a person watching wants to see.
+_SHOWN = re.compile(
+    r"Executing task|finished with status|Skipping|kubedistill: step \d+/\d+|Error|error:|Traceback|launching "
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _LineFilter(io.TextIOBase):
+    """A text stream that writes everything to ``file`` and passes the lines matching _SHOWN to ``echo``."""
+
+    def __init__(self, file, echo: Callable[[str], None] | None, console):
+        self.file, self.echo, self.console, self.pending = file, echo, console, ""
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if self.echo is not None and _SHOWN.search(line):
+                with contextlib.redirect_stdout(self.console):  # the echo prints to the console, not to us
+                    self.echo(_ANSI.sub("", line).strip())
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+@contextlib.contextmanager
+def _captured_output(log_file: str | Path | None, echo: Callable[[str], None] | None) -> Iterator[None]:
+    if log_file is None:
+        yield
+        return
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as file:
+        stream = _LineFilter(file, echo, sys.stdout)
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+        stream.flush()
 
 
 def _run_dirs(root: Path) -> set[Path]:
