@@ -41,6 +41,28 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+# --- a real MLflow server -----------------------------------------------------------------------------------------
+
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
+              "MLFLOW_REGISTRY_URI", "KFP_MLFLOW_CONFIG")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one real ``mlflow server`` (sqlite store, proxied local artifacts) for the whole test session."""
+    from kubedistill.devtools.mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_environment(monkeypatch: pytest.MonkeyPatch):
+    # A developer's MLFLOW_* settings must not leak into the tests (nor the tests' into each other).
+    for name in MLFLOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_random_teacher_warning():
     # Tests use random teachers on purpose; the warning itself is tested in tests/models.

@@ -1,34 +1,16 @@
-"""A real ``mlflow server`` (sqlite store in a temp dir) shared by the tracking tests, and exported students."""
+"""Exported students for the tracking tests (the MLflow server fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 
-from kubedistill.devtools.mlflow_server import MlflowServer
 from kubedistill.models.export import StudentMetadata, export_student
 from kubedistill.models.students import build_student
 
-MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI")
 # A small torchvision student: registry tests upload several versions of it.
 SMALL_STUDENT = "torchvision/mobilenet_v3_small"
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """URL of one MLflow server for the whole session (local artifact store, proxied)."""
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture(autouse=True)
-def _no_mlflow_environment(monkeypatch):
-    # A developer's MLFLOW_* settings must not leak into the tests (nor the tests' into each other).
-    for name in MLFLOW_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 def make_exported_student(out: Path, *, seed: int, model: str = SMALL_STUDENT, size: int = 32) -> Path:

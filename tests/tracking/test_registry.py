@@ -167,7 +167,7 @@ def test_server_down_fails_clearly_after_bounded_retries(tmp_path):
 
 
 def _closed_port() -> int:
-    from .conftest import free_port
+    from kubedistill.devtools.mlflow_server import free_port
 
     return free_port()
 

@@ -7,11 +7,10 @@ import logging
 import pytest
 from mlflow.tracking import MlflowClient
 
+from kubedistill.devtools.mlflow_server import free_port
 from kubedistill.errors import ConfigError
 from kubedistill.tracking.config import DEFAULT_EXPERIMENT, MLflowArgs, resolve_target
 from kubedistill.tracking.runs import MAX_CONSECUTIVE_FAILURES, StepRun, TrackingError, flatten
-
-from .conftest import free_port
 
 
 def test_environment_fills_what_the_arguments_leave_unset():

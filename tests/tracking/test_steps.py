@@ -8,10 +8,10 @@ import logging
 from mlflow.tracking import MlflowClient
 
 import kubedistill
+from kubedistill.devtools.mlflow_server import free_port
 from kubedistill.tracking.steps import log_validation
 
 from ..evaluation.conftest import export_random_student, write_labeled_images
-from .conftest import free_port
 
 
 def _pipeline_run(client: MlflowClient, experiment: str) -> tuple[str, str]:

@@ -13,8 +13,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 import kubedistill
-
-from .conftest import free_port
+from kubedistill.devtools.mlflow_server import free_port
 
 TRAIN = dict(
     model="torchvision/resnet18",

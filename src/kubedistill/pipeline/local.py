@@ -60,6 +60,8 @@ def run_locally(
     with warnings.catch_warnings(), _captured_output(log_file, echo):
         # Our components image is not named "python"; locally the components run in this environment anyway.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # Display names, retries and caching options are for KFP; kfp.local says so once per task.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             pipeline(**arguments)
         except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."

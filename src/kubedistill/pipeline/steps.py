@@ -276,6 +276,8 @@ def model_metadata(config: Mapping[str, Any], out: Path, out_uri: str) -> dict[s
 # ----------------------------------------------------------------------------------------------- probe
 
 PROBE_METRICS = ("linear_top1", "linear_top5", "knn_top1", "knn_top5")
+# What the KFP Metrics artifact shows (metrics.json has more: timings, the chosen penalty, k, ...).
+SHOWN_PROBE_METRICS = ("num_train", "num_val", "num_classes", "gap_closed")
 
 
 @dataclass
@@ -309,12 +311,12 @@ def probe(
             checkpoint=model_file, train=train_uri, val=val_uri, out=out,
             mlflow=_as_dict(context.step_mlflow("probe", parent)), **references,
         )  # fmt: skip
-        metrics = {k: float(v) for k, v in result.metrics.items() if _is_number(v)}
+        metrics = {k: float(v) for k, v in result.metrics.items()
+                   if _is_number(v) and (k.endswith(PROBE_METRICS) or k in SHOWN_PROBE_METRICS)}  # fmt: skip
         passed, reason = gate(metrics, min_top1)
         confusion = json.loads((out / CONFUSION_FILE).read_text())
         if parent is not None:
-            headline = {k: v for k, v in metrics.items() if k.endswith(PROBE_METRICS) or k == "gap_closed"}
-            log_to_pipeline_run(parent, context.tracking_target(), metrics=headline,
+            log_to_pipeline_run(parent, context.tracking_target(), metrics=metrics,
                                 tags={"kubedistill.gate": "passed" if passed else "failed"})  # fmt: skip
         results = Path(tempfile.mkdtemp(prefix="kubedistill-probe-"))
         shutil.copytree(out, results, dirs_exist_ok=True)
@@ -441,12 +443,12 @@ def finalize(context: PipelineContext, *, state: str, error_message: str | None 
         "reason": reason, "outputs": context.run_uri,
         "steps": {step: context.step_uri(step) for step in STEPS},
     }  # fmt: skip
-    storage.write_bytes(storage.join(context.run_uri, RUN_FILE), json.dumps(summary, indent=2).encode())
     parent = context.pipeline_run()
     if parent is not None:
-        target = context.tracking_target()
-        close_pipeline_run(parent, target, succeeded=succeeded, failed_step=failed_step, reason=reason)
         summary["mlflow_parent_run_id"] = parent.run_id
+        close_pipeline_run(parent, context.tracking_target(), succeeded=succeeded, failed_step=failed_step,
+                           reason=reason)  # fmt: skip
+    storage.write_bytes(storage.join(context.run_uri, RUN_FILE), json.dumps(summary, indent=2).encode())
     return FinalizeOutputs(succeeded, state, failed_step, reason, summary)
 
 
