@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,15 +121,42 @@ def _wait_all(agents: list[_Agent], name: str) -> None:
         if failed:
             agent, code = failed[0]
             _stop(agents)
+            log = agent.finished_output()
+            cause = root_cause(log)
             raise LaunchError(
-                f"{name}: node {agent.rank} exited with status {code}; the last lines of its log:\n"
-                f"{agent.finished_output()}"
+                f"{name}: node {agent.rank} exited with status {code}"
+                + (f": {cause}" if cause else "")
+                + f"\nThe last lines of its log:\n{log}"
             )
         if all(code == 0 for code in codes):
             for agent in agents:
                 agent.finished_output()
             return
         time.sleep(0.2)
+
+
+# "SomeError: message" lines of a Python traceback, and the indented lines a multi-line message continues with.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception)): (.*)$")
+# How the CLI reports a failure it understands (bad arguments, missing data, ...): `kubedistill train: ...`.
+_CLI_ERROR = re.compile(r"^kubedistill \w+: ")
+# What torchrun adds after the real failure: not the cause.
+_LAUNCHER_ERRORS = ("ChildFailedError", "SignalException")
+
+
+def root_cause(log: str) -> str | None:
+    """Why a training process failed, from its ``log``: the CLI's own error line (``kubedistill train: ...``)
+    or else the last exception it printed, with the indented lines that continue it; None when neither is there."""
+    lines = log.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[index].strip())
+        if _CLI_ERROR.match(lines[index]) or (match and match.group(1) not in _LAUNCHER_ERRORS):
+            following = []
+            for line in lines[index + 1 :]:
+                if not line.startswith((" ", "\t")) or _EXCEPTION_LINE.match(line.strip()):
+                    break
+                following.append(line.strip())
+            return " ".join([lines[index].strip(), *following])
+    return None
 
 
 def _stop(agents: list[_Agent]) -> None:

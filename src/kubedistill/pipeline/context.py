@@ -53,7 +53,7 @@ class PipelineContext:
             )
         if not self.output_root:
             problems.append("output_root: empty; give a local folder or a gs://bucket/prefix for the run's outputs")
-        elif storage.is_remote(self.output_root) and not storage.is_gcs(self.output_root):
+        elif "://" in self.output_root and not self.output_root.startswith(("gs://", "file://")):
             problems.append(f"output_root: {self.output_root!r} is neither a local path nor gs://bucket/prefix")
         if problems:
             raise ConfigError(problems)

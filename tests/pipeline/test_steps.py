@@ -1,0 +1,136 @@
+"""The steps' own decisions: train arguments, job names, the gate, the probe summary, validate's outcomes
+(local and gs:// output roots), and the exit handler's record."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from kubedistill import storage
+from kubedistill.config import build_train_config
+from kubedistill.errors import ConfigError
+from kubedistill.pipeline import steps
+from kubedistill.pipeline.context import PipelineContext
+from kubedistill.tracking.config import MLflowArgs
+
+from ..conftest import write_images
+
+
+def _train_values(context, **overrides):
+    values = dict(manifest_uri="/data/manifest.jsonl", student="torchvision/resnet18", teacher="dinov2/vitb14",
+                  teacher_weights="", epochs=3, batch_size=64, image_size=160, train_args="",
+                  mlflow=MLflowArgs(enabled=False))  # fmt: skip
+    return steps.train_values(context, **{**values, **overrides})
+
+
+def test_train_values_carry_the_parameters_and_merge_train_args(tmp_path):
+    context = PipelineContext(run_id="r1", output_root=str(tmp_path))
+    values = _train_values(context, teacher_weights="gs://b/w.pth", train_args=(
+        "optim=adamw optim_args.lr=0.001 method_args.mixup=false transform_args.random_gray_scale=0 max_steps=10"))
+    assert values["out"] == context.step_uri("distill") and values["data"] == "/data/manifest.jsonl"
+    assert values["resume_interrupted"] is True  # a retried task resumes its own run
+    assert values["method_args"] == {"mixup": False, "teacher": "dinov2/vitb14", "teacher_weights": "gs://b/w.pth"}
+    assert values["transform_args"] == {"random_gray_scale": 0, "image_size": [160, 160]}
+    assert values["optim_args"] == {"lr": 0.001} and values["max_steps"] == 10
+    assert values["mlflow"]["enabled"] is False
+    config = build_train_config(values)  # the library accepts what the step builds
+    assert list(config.transform_args.image_size) == [160, 160]
+    assert "teacher_weights" not in _train_values(context)["method_args"]  # empty: the official weights
+
+
+def test_train_args_cannot_override_what_the_pipeline_sets(tmp_path):
+    context = PipelineContext(run_id="r1", output_root=str(tmp_path))
+    with pytest.raises(ConfigError) as error:
+        _train_values(context, train_args="out=/elsewhere epochs=5 seed=3")
+    assert len(error.value.problems) == 2
+    assert "'epochs'" in error.value.problems[0] and "'out'" in error.value.problems[1]
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        _train_values(context, train_args="optim adamw")
+
+
+@pytest.mark.parametrize("run_id", ["58870941", "0d6e3c1a-2b4f-4e4b-9a1e-1f0b6c7d8e9f", "Run_With.Odd-Chars", "x" * 120])
+def test_job_names_are_dns_1035_labels_and_stable(run_id):
+    name = steps.job_name(run_id)
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 50
+    assert steps.job_name(run_id) == name  # a retried task finds its own job
+    assert steps.job_name(run_id + "1") != name
+
+
+def test_gate():
+    assert steps.gate({"linear_top1": 0.6}, 0.5) == (True, "linear top-1 0.6000 >= min_top1 0.5")
+    passed, reason = steps.gate({"linear_top1": 0.4}, 0.5)
+    assert not passed and "not registered" in reason
+    assert steps.gate({"linear_top1": 0.5}, 0.5)[0]  # at the threshold passes
+    assert steps.gate({}, 0.0) == (False, "the probe produced no linear_top1")
+
+
+def test_probe_summary_shows_the_references_and_the_gate():
+    metrics = {"linear_top1": 0.5, "linear_top5": 0.9, "knn_top1": 0.45, "knn_top5": 0.8, "random_linear_top1": 0.1,
+               "random_linear_top5": 0.5, "random_knn_top1": 0.1, "random_knn_top5": 0.5,
+               "teacher_linear_top1": 0.9, "teacher_linear_top5": 1.0, "teacher_knn_top1": 0.88,
+               "teacher_knn_top5": 0.99, "gap_closed": 0.5}  # fmt: skip
+    text = steps.probe_markdown(metrics, True, "linear top-1 0.5000 >= min_top1 0.3", {"student": "s", "teacher": "t"})
+    lines = text.splitlines()
+    assert lines.index("| random-init student | 0.100 | 0.500 | 0.100 | 0.500 |") < lines.index(
+        "| distilled student | 0.500 | 0.900 | 0.450 | 0.800 |") < lines.index("| teacher (t) | 0.900 | 1.000 | 0.880 | 0.990 |")
+    assert "Gap closed (random -> teacher, linear top-1): **0.500**" in text and "Gate: **passed**" in text
+    plain = steps.probe_markdown({k: v for k, v in metrics.items() if k.startswith(("linear", "knn"))}, False, "r", {})
+    assert "random-init" not in plain and "Gap closed" not in plain and "Gate: **not passed**" in plain
+
+
+def test_validate_step_passes_and_gives_the_manifest(tmp_path):
+    write_images(tmp_path / "images", 10)
+    context = PipelineContext(run_id="r1", output_root=str(tmp_path / "runs"))
+    result = steps.validate(context, dataset_uri=str(tmp_path / "images"))
+    assert result.manifest_uri == str(tmp_path / "runs" / "r1" / "validate" / "manifest.jsonl")
+    assert len(result.manifest_file.read_text().splitlines()) == 10
+    assert result.counts["images_ok"] == 10 and result.counts["bad"] == 0
+    assert result.metadata["uri"] == result.manifest_uri and result.metadata["fingerprint"].startswith("sha256:")
+    assert "10" in result.report_markdown
+
+
+def test_validate_step_rejects_bad_data_and_records_why(tmp_path):
+    write_images(tmp_path / "images", 4)
+    for i in range(4):
+        (tmp_path / "images" / f"broken{i}.jpg").write_bytes(b"")
+    context = PipelineContext(run_id="r1", output_root=str(tmp_path / "runs"))
+    with pytest.raises(steps.DataRejectedError, match="report.md") as error:
+        steps.validate(context, dataset_uri=str(tmp_path / "images"))
+    (failure,) = context.failures()
+    assert failure["step"] == "validate" and failure["error"] == "DataRejectedError"
+    assert failure["reason"] == str(error.value)
+    assert (tmp_path / "runs" / "r1" / "validate" / "report.json").is_file()  # outputs are written first
+
+
+def test_validate_step_with_a_gcs_output_root(tmp_path, gcs_bucket):
+    write_images(tmp_path / "images", 6)
+    context = PipelineContext(run_id="r2", output_root=f"gs://{gcs_bucket.name}/runs")
+    result = steps.validate(context, dataset_uri=str(tmp_path / "images"))
+    assert result.manifest_uri == f"gs://{gcs_bucket.name}/runs/r2/validate/manifest.jsonl"
+    assert len(result.manifest_file.read_text().splitlines()) == 6  # a local copy for the KFP artifact
+    assert storage.exists(f"gs://{gcs_bucket.name}/runs/r2/validate/report.md")
+
+
+def test_a_local_step_folder_is_uploaded_to_a_gcs_output_root(tmp_path, gcs_bucket):
+    uri = f"gs://{gcs_bucket.name}/runs/r3/probe"
+    with steps._local_folder(uri) as folder:
+        (folder / "metrics.json").write_text('{"linear_top1": 0.5}')
+        (folder / "plots").mkdir()
+        (folder / "plots" / "confusion.png").write_bytes(b"png")
+    assert json.loads(storage.read_bytes(f"{uri}/metrics.json")) == {"linear_top1": 0.5}
+    assert storage.read_bytes(f"{uri}/plots/confusion.png") == b"png"
+
+
+def test_finalize_records_the_outcome_without_mlflow(tmp_path):
+    context = PipelineContext(run_id="r4", output_root=str(tmp_path))
+    context.record_failure("distill", RuntimeError("node 0 exited with status 1"), parent=None)
+    result = steps.finalize(context, state="FAILED", error_message="Task exit-handler-1 failed.")
+    assert (result.succeeded, result.failed_step, result.reason) == (False, "distill", "node 0 exited with status 1")
+    record = json.loads((tmp_path / "r4" / "run.json").read_text())
+    assert record["state"] == "FAILED" and record["failed_step"] == "distill" and "mlflow_parent_run_id" not in record
+    clean = PipelineContext(run_id="r5", output_root=str(tmp_path))
+    assert steps.finalize(clean, state="FAILED", error_message="Task exit-handler-1 failed.").reason == (
+        "Task exit-handler-1 failed.")  # nothing recorded by a step (e.g. a pod evicted): KFP's message
+    assert steps.finalize(clean, state="SUCCEEDED").succeeded
