@@ -119,3 +119,17 @@ def test_resolved_config_round_trips_through_plain_dicts():
     assert plain["transform_args"]["image_size"] == [64, 64]
     rebuilt = build_train_config(plain)
     assert to_dict(rebuilt) == plain
+
+
+def test_to_key_values_is_the_inverse_of_parse_key_values():
+    from kubedistill.config import to_key_values
+
+    values = {
+        "out": "gs://bucket/run 1", "epochs": 3, "optim_args": {"lr": 0.001, "betas": [0.9, 0.95]},
+        "method_args": {"teacher": "dinov2/vitb14", "teacher_weights": "none", "mixup": False},
+        "transform_args": {"image_size": [64, 64], "normalize": {"mean": [0.5, 0.5, 0.5]}},
+        "tricky": {"yes": "true", "number": "1e-3", "empty": "", "colon": "a: b", "null": None},
+    }  # fmt: skip
+    tokens = to_key_values(values)
+    assert "optim_args.lr=0.001" in tokens and "transform_args.normalize.mean=[0.5, 0.5, 0.5]" in tokens
+    assert parse_key_values(tokens) == values
