@@ -43,8 +43,8 @@ def test_kfp_run_link():
 def test_failures_are_recorded_per_step_and_read_in_pipeline_order(tmp_path):
     context = PipelineContext(run_id="r1", output_root=str(tmp_path))
     assert context.failures() == []
-    context.record_failure("probe", ValueError("val has 0 images"), parent=None)
-    context.record_failure("validate", RuntimeError("too many bad images"), parent=None)
+    context.record_failure("probe", ValueError("val has 0 images"))
+    context.record_failure("validate", RuntimeError("too many bad images"))
     found = context.failures()
     assert [f["step"] for f in found] == ["validate", "probe"]
     assert found[1] == {"step": "probe", "error": "ValueError", "reason": "val has 0 images"}

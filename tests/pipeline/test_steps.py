@@ -125,7 +125,7 @@ def test_a_local_step_folder_is_uploaded_to_a_gcs_output_root(tmp_path, gcs_buck
 
 def test_finalize_records_the_outcome_without_mlflow(tmp_path):
     context = PipelineContext(run_id="r4", output_root=str(tmp_path))
-    context.record_failure("distill", RuntimeError("node 0 exited with status 1"), parent=None)
+    context.record_failure("distill", RuntimeError("node 0 exited with status 1"))
     result = steps.finalize(context, state="FAILED", error_message="Task exit-handler-1 failed.")
     assert (result.succeeded, result.failed_step, result.reason) == (False, "distill", "node 0 exited with status 1")
     record = json.loads((tmp_path / "r4" / "run.json").read_text())

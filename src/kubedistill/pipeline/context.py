@@ -110,6 +110,11 @@ class PipelineContext:
         self._parent.append(ref)
         return ref
 
+    @property
+    def known_parent(self):
+        """The parent run if a step already opened it in this process, else None (never connects)."""
+        return self._parent[0] if self._parent else None
+
     def step_mlflow(self, step: str, parent) -> MLflowArgs:
         """The ``mlflow=`` argument of a library call made by ``step``: a run nested under ``parent``, or, with
         KFP's MLflow plugin, the run KFP made for this task; tracking off without a parent."""
@@ -124,8 +129,9 @@ class PipelineContext:
 
     # ------------------------------------------------------------------ failures
 
-    def record_failure(self, step: str, error: BaseException, parent) -> str:
-        """Write ``<step>/failure.json`` and tag the parent run with the step and reason; returns the reason."""
+    def record_failure(self, step: str, error: BaseException) -> str:
+        """Write ``<step>/failure.json`` and tag the parent run (when this process opened it) with the step and
+        the reason; returns the reason."""
         from kubedistill.tracking.pipeline import FAILED_STEP_TAG, FAILURE_TAG, log_to_pipeline_run
 
         reason = str(error) or type(error).__name__
@@ -136,10 +142,9 @@ class PipelineContext:
             )
         except Exception as e:  # the original failure matters more than its record
             logger.warning("could not record the failure of %s under %s: %s", step, self.step_uri(step), e)
+        parent = self.known_parent
         if parent is not None:
-            target = self.tracking_target()
-            if target is not None:
-                log_to_pipeline_run(parent, target, tags={FAILED_STEP_TAG: step, FAILURE_TAG: reason})
+            log_to_pipeline_run(parent, self.tracking_target(), tags={FAILED_STEP_TAG: step, FAILURE_TAG: reason})
         return reason
 
     def failures(self) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -39,13 +40,12 @@ class DataRejectedError(DataError):
 
 
 @contextlib.contextmanager
-def _step(context: PipelineContext, step: str, parent) -> Iterator[None]:
+def _step(context: PipelineContext, step: str) -> Iterator[None]:
     """Record why ``step`` failed (failure.json, parent run tags) and re-raise."""
     try:
         yield
-    except BaseException as e:
-        if isinstance(e, Exception):
-            context.record_failure(step, e, parent)
+    except Exception as e:
+        context.record_failure(step, e)
         raise
 
 
@@ -90,10 +90,10 @@ def validate(
     from kubedistill.config import build_validate_config
     from kubedistill.data.validation import render_markdown
 
-    parent = context.pipeline_run()
-    _log_params(context, parent, {"dataset_uri": dataset_uri, "max_bad_fraction": max_bad_fraction,
-                                  "output_root": context.output_root})  # fmt: skip
-    with _step(context, "validate", parent):
+    with _step(context, "validate"):
+        parent = context.pipeline_run()
+        _log_params(context, parent, {"dataset_uri": dataset_uri, "max_bad_fraction": max_bad_fraction,
+                                      "output_root": context.output_root})  # fmt: skip
         config = build_validate_config({
             "data": dataset_uri, "out": context.step_uri("validate"), "min_size": min_size,
             "max_bad_fraction": max_bad_fraction, "labels": labels,
@@ -158,13 +158,13 @@ def distill(
     """
     from kubedistill.launch import LaunchRequest, get_launcher
 
-    parent = context.pipeline_run()
-    _log_params(context, parent, {
-        "student": student, "teacher": teacher, "teacher_weights": teacher_weights or "official", "epochs": epochs,
-        "batch_size": batch_size, "image_size": image_size, "nodes": nodes, "gpus_per_node": gpus_per_node,
-        "gpu_type": gpu_type, "launcher": launcher, "train_args": train_args,
-    })  # fmt: skip
-    with _step(context, "distill", parent):
+    with _step(context, "distill"):
+        parent = context.pipeline_run()
+        _log_params(context, parent, {
+            "student": student, "teacher": teacher, "teacher_weights": teacher_weights or "official",
+            "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "nodes": nodes,
+            "gpus_per_node": gpus_per_node, "gpu_type": gpu_type, "launcher": launcher, "train_args": train_args,
+        })  # fmt: skip
         values = train_values(
             context, manifest_uri=manifest_uri, student=student, teacher=teacher, teacher_weights=teacher_weights,
             epochs=epochs, batch_size=batch_size, image_size=image_size, train_args=train_args,
@@ -191,7 +191,7 @@ def train_values(
     """The ``kubedistill train`` arguments of the distill step (a nested dict, as ``parse_key_values`` gives)."""
     from kubedistill.config import parse_key_values
 
-    extra = parse_key_values(train_args.split()) if train_args.strip() else {}
+    extra = parse_key_values(shlex.split(train_args)) if train_args.strip() else {}
     clashes = sorted(set(extra) & set(RESERVED_TRAIN_KEYS))
     if clashes:
         raise ConfigError([
@@ -301,10 +301,10 @@ def probe(
     from kubedistill.evaluation.run import CONFUSION_FILE
     from kubedistill.tracking.pipeline import log_to_pipeline_run
 
-    parent = context.pipeline_run()
-    _log_params(context, parent, {"probe_train_uri": train_uri, "probe_val_uri": val_uri, "min_top1": min_top1,
-                                  "probe_baselines": baselines})  # fmt: skip
-    with _step(context, "probe", parent), _local_folder(context.step_uri("probe")) as out:
+    with _step(context, "probe"), _local_folder(context.step_uri("probe")) as out:
+        parent = context.pipeline_run()
+        _log_params(context, parent, {"probe_train_uri": train_uri, "probe_val_uri": val_uri, "min_top1": min_top1,
+                                      "probe_baselines": baselines})  # fmt: skip
         references = {"random_baseline": True, "teacher": model_metadata.get("teacher"),
                       "teacher_weights": model_metadata.get("teacher_weights") or None} if baselines else {}  # fmt: skip
         result = run_probe(
@@ -386,9 +386,9 @@ def register(
     from kubedistill.evaluation.run import METRICS_FILE
     from kubedistill.tracking.pipeline import log_to_pipeline_run
 
-    parent = context.pipeline_run(required=True)
-    _log_params(context, parent, {"registered_model_name": name})
-    with _step(context, "register", parent):
+    with _step(context, "register"):
+        parent = context.pipeline_run(required=True)
+        _log_params(context, parent, {"registered_model_name": name})
         target = context.tracking_target(required=True)
         result = run_register(
             model=model_file, metrics=str(Path(probe_folder) / METRICS_FILE), name=name, min_top1=min_top1,
