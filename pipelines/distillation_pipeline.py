@@ -14,8 +14,9 @@ from components import distill, finalize_run, linear_probe, register_model, vali
 
 PIPELINE_NAME = "kubedistill-distillation"
 COMPILED = Path(__file__).with_name("distillation_pipeline.yaml")
-# Validation and probing read remote data: a transient storage error should not fail a nightly run.
-RETRIES = {"num_retries": 2, "backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+# Validation and probing read remote data: a transient storage error should not fail a nightly run. KFP retries
+# a failed task whatever the cause; a retried rejection of unchanged data fails at once (steps.validate).
+RETRIES = {"num_retries": 2, "backoff_duration": "20s", "backoff_factor": 2.0, "backoff_max_duration": "300s"}
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Label-free distillation of a DINOv2 teacher into a torchvision "

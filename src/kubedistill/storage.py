@@ -269,6 +269,21 @@ def exists(uri: str) -> bool:
     return to_local_path(uri).exists()
 
 
+def delete(uri: str) -> None:
+    """Remove one file (local or gs:// object); nothing happens when it is not there."""
+    if is_gcs(uri):
+        bucket, name = split_gs_uri(uri)
+        with _gcs_errors(uri, "delete"):
+            blob = gcs_client().bucket(bucket).blob(name)
+            if blob.exists(timeout=GCS_TIMEOUT_S, retry=_retry()):
+                blob.delete(timeout=GCS_TIMEOUT_S)
+        return
+    try:
+        to_local_path(uri).unlink(missing_ok=True)
+    except OSError as e:
+        raise StorageError(f"Cannot delete {uri} ({e.strerror or e}).") from e
+
+
 # --- Google Cloud Storage client and errors ---------------------------------------------------------------------
 
 _client_lock = threading.Lock()
@@ -329,7 +344,8 @@ def _gcs_errors(uri: str, action: str) -> Iterator[None]:
     from google.auth import exceptions as auth_exc
 
     bucket = urlparse(uri).netloc
-    role = "roles/storage.objectViewer" if action in ("read", "list") else "roles/storage.objectCreator"
+    role = {"read": "roles/storage.objectViewer", "list": "roles/storage.objectViewer",
+            "delete": "roles/storage.objectUser"}.get(action, "roles/storage.objectCreator")  # fmt: skip
     try:
         yield
     except auth_exc.DefaultCredentialsError as e:

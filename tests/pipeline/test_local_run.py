@@ -8,6 +8,7 @@ the pipeline's plumbing and records, not the student's quality (`make demo` show
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,11 @@ def test_a_failing_step_fails_the_run_with_its_reason_and_the_exit_handler_runs(
     assert not (run_dir / "distill").exists()
     outputs = _task_outputs(tmp_path / "kfp")
     assert "distill" not in outputs and "finalize-run" in outputs
+    # kfp.local retries the task like KFP does (twice); the retries refuse the unchanged data at once
+    log = re.sub(r"\x1b\[[0-9;]*m", "", (tmp_path / "pipeline.log").read_text())
+    assert log.count("Executing task 'validate-dataset'") == 3
+    refusals = re.findall(r"DataRejectedError: .*; the data has not changed since that verdict", log)
+    assert len(refusals) == 2
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name(arguments["mlflow_experiment"])
     parent = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]

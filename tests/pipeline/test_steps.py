@@ -111,6 +111,10 @@ def test_validate_step_with_a_gcs_output_root(tmp_path, gcs_bucket):
     assert result.manifest_uri == f"gs://{gcs_bucket.name}/runs/r2/validate/manifest.jsonl"
     assert len(result.manifest_file.read_text().splitlines()) == 6  # a local copy for the KFP artifact
     assert storage.exists(f"gs://{gcs_bucket.name}/runs/r2/validate/report.md")
+    context.record_failure("probe", RuntimeError("transient"))
+    assert [f["step"] for f in context.failures()] == ["probe"]
+    context.clear_failure("probe")
+    assert context.failures() == []
 
 
 def test_a_local_step_folder_is_uploaded_to_a_gcs_output_root(tmp_path, gcs_bucket):
@@ -134,3 +138,33 @@ def test_finalize_records_the_outcome_without_mlflow(tmp_path):
     assert steps.finalize(clean, state="FAILED", error_message="Task exit-handler-1 failed.").reason == (
         "Task exit-handler-1 failed.")  # nothing recorded by a step (e.g. a pod evicted): KFP's message
     assert steps.finalize(clean, state="SUCCEEDED").succeeded
+
+
+def test_register_without_an_mlflow_server_fails_and_says_what_to_set(tmp_path):
+    context = PipelineContext(run_id="r6", output_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="mlflow_tracking_uri: empty"):
+        steps.register(context, model_file="m", training_folder="t", probe_folder="p", name="n")
+    (failure,) = context.failures()
+    assert failure["step"] == "register" and "MLflow server" in failure["reason"]
+
+
+def test_a_retry_does_not_validate_unchanged_rejected_data_again(tmp_path):
+    write_images(tmp_path / "images", 4)
+    for i in range(4):
+        (tmp_path / "images" / f"broken{i}.jpg").write_bytes(b"")
+    context = PipelineContext(run_id="r7", output_root=str(tmp_path / "runs"))
+    with pytest.raises(steps.DataRejectedError):
+        steps.validate(context, dataset_uri=str(tmp_path / "images"))
+    report = tmp_path / "runs" / "r7" / "validate" / "report.json"
+    first = report.stat().st_mtime_ns
+    with pytest.raises(steps.DataRejectedError, match="has not changed since that verdict"):
+        steps.validate(context, dataset_uri=str(tmp_path / "images"))  # KFP's retry of the task
+    assert report.stat().st_mtime_ns == first  # not validated again
+    with pytest.raises(steps.DataRejectedError) as stricter:  # other checks: validated again
+        steps.validate(context, dataset_uri=str(tmp_path / "images"), max_bad_fraction=0.01)
+    assert "has not changed" not in str(stricter.value)
+    for i in range(4):  # the data was fixed before "Retry run": validated again, and it passes
+        (tmp_path / "images" / f"broken{i}.jpg").unlink()
+    assert steps.validate(context, dataset_uri=str(tmp_path / "images")).counts["images_ok"] == 4
+    assert report.stat().st_mtime_ns != first
+    assert context.failures() == []  # the attempt that worked clears the earlier attempts' record

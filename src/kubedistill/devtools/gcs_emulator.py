@@ -9,12 +9,10 @@ blocks on a full pipe and every client call times out.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from kubedistill.devtools.local_server import LocalServer
 
 __all__ = ["GcsEmulator"]
 
@@ -30,62 +28,23 @@ def _binary() -> Path:
     return found[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class GcsEmulator:
+class GcsEmulator(LocalServer):
     """fake-gcs-server with an in-memory backend on a free port; ``url`` is for STORAGE_EMULATOR_HOST."""
 
+    name = "fake-gcs-server"
+    health_path = "/storage/v1/b"
+
     def __init__(self, *, log_dir: str | os.PathLike[str] | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="gcs-emulator-"))
-        self.log_path = self._log_dir / "fake-gcs-server.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        folder = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="gcs-emulator-"))
+        super().__init__(folder / "fake-gcs-server.log")
 
-    def start(self) -> str:
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    str(_binary()),
-                    "-scheme", "http",
-                    "-host", "127.0.0.1",
-                    "-port", str(self.port),
-                    "-backend", "memory",
-                    "-external-url", self.url,
-                    "-log-level", "warn",
-                ],
-                stdout=log,
-                stderr=log,
-            )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited ({self._process.returncode}): see {self.log_path}")
-            try:
-                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).close()
-                return self.url
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within 15 s: see {self.log_path}")
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        return [
+            str(_binary()),
+            "-scheme", "http",
+            "-host", "127.0.0.1",
+            "-port", str(self.port),
+            "-backend", "memory",
+            "-external-url", self.url,
+            "-log-level", "warn",
+        ]  # fmt: skip

@@ -6,25 +6,15 @@ Use it as ``with MlflowServer(folder) as url: ...``. The server's output goes to
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-__all__ = ["MlflowServer"]
+from kubedistill.devtools.local_server import LocalServer, free_port
 
-STARTUP_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["MlflowServer", "free_port"]
 
 
-class MlflowServer:
+class MlflowServer(LocalServer):
     """``mlflow server`` on 127.0.0.1 with ``folder/mlflow.db`` as its store; ``url`` once started.
 
     ``artifacts``: the ``--artifacts-destination`` (default ``folder/artifacts``; a gs:// URI works with the
@@ -32,57 +22,25 @@ class MlflowServer:
     no MLFLOW_* variables of the caller's (a developer's settings must not reconfigure it).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, artifacts: str | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None):  # fmt: skip
-        self.folder = Path(folder)
-        self.artifacts = artifacts or str(self.folder / "artifacts")
-        self.env = env or {}
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.folder / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    name = "mlflow server"
+    health_path = "/health"
+    startup_timeout_s = 120.0  # 8-11 s with sqlite here; much more on a loaded machine
 
-    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: str | os.PathLike[str], *, artifacts: str | None = None,
+                 env: dict[str, str] | None = None, port: int | None = None):  # fmt: skip
+        self.folder = Path(folder).resolve()
+        self.artifacts = artifacts or str(self.folder / "artifacts")
         server_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        command = [
+        super().__init__(self.folder / "server.log", port=port, env={**server_env, **(env or {})}, cwd=self.folder)
+
+    def start(self) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)  # the server's working directory
+        return super().start()
+
+    def command(self) -> list[str]:
+        return [
             str(Path(sys.executable).with_name("mlflow")), "server",
-            "--backend-store-uri", f"sqlite:///{self.folder.resolve() / 'mlflow.db'}",
+            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
             "--artifacts-destination", self.artifacts,
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**server_env, **self.env}, cwd=self.folder
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self.process.returncode}): {self._log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self.url
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer on {self.url} within {timeout_s:.0f} s: {self._log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def _log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else "(no log)"
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -135,17 +135,20 @@ class PipelineContext:
         from kubedistill.tracking.pipeline import FAILED_STEP_TAG, FAILURE_TAG, log_to_pipeline_run
 
         reason = str(error) or type(error).__name__
+        record = {"step": step, "error": type(error).__name__, "reason": reason}
+        if getattr(error, "details", None):
+            record["details"] = error.details
         try:
-            storage.write_bytes(
-                storage.join(self.step_uri(step), FAILURE_FILE),
-                json.dumps({"step": step, "error": type(error).__name__, "reason": reason}, indent=2).encode(),
-            )
+            storage.write_bytes(storage.join(self.step_uri(step), FAILURE_FILE), json.dumps(record, indent=2).encode())
         except Exception as e:  # the original failure matters more than its record
             logger.warning("could not record the failure of %s under %s: %s", step, self.step_uri(step), e)
         parent = self.known_parent
         if parent is not None:
             log_to_pipeline_run(parent, self.tracking_target(), tags={FAILED_STEP_TAG: step, FAILURE_TAG: reason})
         return reason
+
+    def clear_failure(self, step: str) -> None:
+        storage.delete(storage.join(self.step_uri(step), FAILURE_FILE))
 
     def failures(self) -> list[dict[str, str]]:
         """The failures recorded by this run's steps, in pipeline order."""

@@ -36,17 +36,27 @@ TRAINING_FILES = ("config.yaml", "train.log", "metrics.jsonl", "mlflow_run.json"
 
 
 class DataRejectedError(DataError):
-    """Validation found more bad images than allowed (the CLI's exit status 3)."""
+    """Validation found more bad images than allowed (the CLI's exit status 3).
+
+    ``details`` (kept in the step's failure.json) identifies the data that was rejected, so that KFP's retries of
+    the task do not decode an unchanged dataset again to reach the same verdict.
+    """
+
+    def __init__(self, message: str, *, details: dict[str, Any]):
+        super().__init__(message)
+        self.details = details
 
 
 @contextlib.contextmanager
 def _step(context: PipelineContext, step: str) -> Iterator[None]:
-    """Record why ``step`` failed (failure.json, parent run tags) and re-raise."""
+    """Record why ``step`` failed (failure.json, parent run tags) and re-raise; a success (e.g. a retry that
+    worked) clears what an earlier attempt recorded."""
     try:
         yield
     except Exception as e:
         context.record_failure(step, e)
         raise
+    context.clear_failure(step)
 
 
 @contextlib.contextmanager
@@ -94,6 +104,9 @@ def validate(
         parent = context.pipeline_run()
         _log_params(context, parent, {"dataset_uri": dataset_uri, "max_bad_fraction": max_bad_fraction,
                                       "output_root": context.output_root})  # fmt: skip
+        checks = {"dataset_uri": dataset_uri, "max_bad_fraction": max_bad_fraction, "min_size": min_size,
+                  "labels": labels}  # fmt: skip
+        _refuse_a_rejection_again(context, checks)
         config = build_validate_config({
             "data": dataset_uri, "out": context.step_uri("validate"), "min_size": min_size,
             "max_bad_fraction": max_bad_fraction, "labels": labels,
@@ -102,7 +115,10 @@ def validate(
         result = validate_from_config(config)
         totals = result.report["totals"]
         if not result.passed:
-            raise DataRejectedError(f"{dataset_uri}: {result.report['verdict']} (report: {result.report_md})")
+            raise DataRejectedError(
+                f"{dataset_uri}: {result.report['verdict']} (report: {result.report_md})",
+                details={**checks, "listing": listing_signature(dataset_uri)},
+            )
         return ValidateOutputs(
             manifest_uri=result.manifest,
             manifest_file=_local_copy(result.manifest),
@@ -112,6 +128,30 @@ def validate(
             metadata={"uri": result.manifest, "fingerprint": result.fingerprint, "images": totals["images_ok"],
                       "classes": result.report.get("classes") or [], "report": result.report_md},
         )  # fmt: skip
+
+
+def _refuse_a_rejection_again(context: PipelineContext, checks: Mapping[str, Any]) -> None:
+    """A retry of a task that rejected this very data (same files and sizes, same checks) fails at once: KFP
+    retries a failed task whatever the cause, and decoding every image again cannot change the verdict. Changed
+    data (e.g. fixed before "Retry run") is validated again."""
+    previous = next((f for f in context.failures() if f["step"] == "validate"), None)
+    details = (previous or {}).get("details") or {}
+    if previous is None or previous.get("error") != DataRejectedError.__name__:
+        return
+    same_checks = {k: details.get(k) for k in checks} == dict(checks)
+    if not same_checks or details.get("listing") != listing_signature(checks["dataset_uri"]):
+        return
+    raise DataRejectedError(f"{previous['reason']}; the data has not changed since that verdict", details=details)
+
+
+def listing_signature(uri: str) -> str:
+    """sha256 of the sorted (URI, size) pairs under ``uri``: changes when a file is added, removed or resized."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for info in sorted(storage.list_files(uri), key=lambda f: f.uri):
+        digest.update(f"{info.uri}\t{info.size}\n".encode())
+    return digest.hexdigest()
 
 
 def _local_copy(uri: str) -> Path:
