@@ -31,6 +31,9 @@ class MlflowServer(LocalServer):
         self.folder = Path(folder).resolve()
         self.artifacts = artifacts or str(self.folder / "artifacts")
         server_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # MLflow 3's job runner (GenAI scorers and other server-side jobs, unused here) starts 7 worker processes
+        # after /health answers, ~15 CPU-seconds that would land on the first pipeline steps of a 2-core machine.
+        server_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         super().__init__(self.folder / "server.log", port=port, env={**server_env, **(env or {})}, cwd=self.folder)
 
     def start(self) -> str:

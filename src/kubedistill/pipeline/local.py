@@ -1,8 +1,10 @@
 """Running the compiled pipeline's DAG on this machine with kfp.local (no cluster, no docker, no KFP server).
 
 kfp.local's ``SubprocessRunner(use_venv=False)`` runs each component in a subprocess of the current Python
-environment, which must have kubedistill and kfp installed (``make setup`` does that). What kfp.local does not
-do (it warns and goes on): retries, kfp-kubernetes settings, resources; gs:// pipeline roots are not supported.
+environment, which must have kubedistill and kfp installed (``make setup`` does that). kfp.local (2.17) runs the
+exit handler and ``dsl.If``, and retries failed tasks with the compiled backoff as KFP does; it ignores display
+names, kfp-kubernetes settings and resources, and does not take gs:// pipeline roots. It evaluates a condition
+on a task's single return value ("Output") but not on a named output (the gate is the probe's return value).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def run_locally(
     with warnings.catch_warnings(), _captured_output(log_file, echo):
         # Our components image is not named "python"; locally the components run in this environment anyway.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        # Display names, retries and caching options are for KFP; kfp.local says so once per task.
+        # Display names are for the KFP UI; kfp.local says so once per task.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             pipeline(**arguments)
