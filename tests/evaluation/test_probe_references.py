@@ -28,6 +28,7 @@ def labeled(tmp_path_factory):
     return write_labeled_images(root / "train", 10, seed=0), write_labeled_images(root / "val", 5, seed=1)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:FutureWarning")
 def test_references_are_scored_like_the_student(tmp_path, labeled):
     train, val = labeled
     teacher = tmp_path / "red_only.pt"

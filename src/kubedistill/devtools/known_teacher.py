@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,10 @@ def train_teacher(
     train_seconds = time.perf_counter() - start
     accuracy = _accuracy(net, classifier, test_root, image_size)
     net.eval().to(memory_format=torch.contiguous_format)
-    torch.jit.script(net).save(str(out))
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in torch, but it is the teacher format that needs no Python class to load.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        torch.jit.script(net).save(str(out))
     return {"test_accuracy": accuracy, "train_seconds": train_seconds, "losses": losses}
 
 
