@@ -132,7 +132,9 @@ def report(args: argparse.Namespace, run, pipeline_seconds: float, total_seconds
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    # Not print(): kfp.local replaces builtins.print while a task runs, to indent the task's log.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
