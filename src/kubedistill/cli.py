@@ -31,6 +31,12 @@ commands:
              kubedistill register model=out/exp/exported/student.pt metrics=out/probe/metrics.json
              name=my-student [min_top1=0.0] [metric=linear_top1] [tracking_uri=http://mlflow:5000]
 
+  launch     build a PyTorchJob or TrainJob for a training run; dry_run=true prints it without a cluster
+             kubedistill launch backend=pytorchjob|trainjob nodes=2 gpus_per_node=8 image=... namespace=ml
+             [gpu_type=nvidia-l4] [service_account=...] [kueue_queue=...] [mlflow_secret=...] dry_run=true
+             out=gs://bucket/runs/r1 data=gs://bucket/data/manifest.jsonl model=torchvision/resnet50 ...
+             (every key that is not a launch setting is a train argument)
+
 MLflow: train, probe (and validate) log to MLFLOW_TRACKING_URI or mlflow.tracking_uri=..., each as a nested
 run of MLFLOW_RUN_ID when the pipeline sets it.
 
@@ -88,6 +94,18 @@ def _register(args: dict) -> int:
     return EXIT_OK
 
 
+def _launch(args: dict) -> int:
+    from kubedistill.kube.spec import launch_request, render, split_arguments
+    from kubedistill.launch import get_launcher
+
+    config, train = split_arguments(args)
+    if config.dry_run:
+        print(render(config, train), end="")
+        return EXIT_OK
+    get_launcher(config.backend).run(launch_request(config, train))
+    return EXIT_OK
+
+
 def _known_keys(args: dict, command: str, function: Callable) -> dict:
     """``args`` when every key is a parameter of ``function``; else a ConfigError naming the valid keys."""
     valid = list(inspect.signature(function).parameters)
@@ -97,7 +115,10 @@ def _known_keys(args: dict, command: str, function: Callable) -> dict:
     return args
 
 
-COMMANDS: dict[str, Callable[[dict], int]] = {"train": _train, "validate": _validate, "describe": _describe, "probe": _probe, "register": _register}
+COMMANDS: dict[str, Callable[[dict], int]] = {
+    "train": _train, "validate": _validate, "describe": _describe, "probe": _probe, "register": _register,
+    "launch": _launch,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import pytest
 from kubedistill import storage
 from kubedistill.config import build_train_config
 from kubedistill.errors import ConfigError
+from kubedistill.launch import job_name
 from kubedistill.pipeline import steps
 from kubedistill.pipeline.context import PipelineContext
 from kubedistill.tracking.config import MLflowArgs
@@ -52,10 +53,10 @@ def test_train_args_cannot_override_what_the_pipeline_sets(tmp_path):
 
 @pytest.mark.parametrize("run_id", ["58870941", "0d6e3c1a-2b4f-4e4b-9a1e-1f0b6c7d8e9f", "Run_With.Odd-Chars", "x" * 120])
 def test_job_names_are_dns_1035_labels_and_stable(run_id):
-    name = steps.job_name(run_id)
+    name = job_name(run_id)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 50
-    assert steps.job_name(run_id) == name  # a retried task finds its own job
-    assert steps.job_name(run_id + "1") != name
+    assert job_name(run_id) == name  # a retried task finds its own job
+    assert job_name(run_id + "1") != name
 
 
 def test_gate():

@@ -8,13 +8,15 @@ The Kubernetes backends (PyTorchJob, TrainJob) implement the same interface.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kubedistill.errors import ConfigError, KubedistillError
 
-__all__ = ["LaunchError", "LaunchRequest", "Launcher", "available_launchers", "get_launcher"]
+__all__ = ["LaunchError", "LaunchRequest", "Launcher", "available_launchers", "get_launcher", "job_name"]
 
 
 class LaunchError(KubedistillError):
@@ -55,6 +57,17 @@ class Launcher(Protocol):
 
     def run(self, request: LaunchRequest) -> None:
         """Start the job, stream its log, and return when it succeeded; LaunchError otherwise."""
+
+
+def job_name(run_id: str, prefix: str = "kd") -> str:
+    """A DNS-1035 label (lowercase, starts with a letter, <= 50 characters) that is the same for every attempt
+    of one pipeline run: a retried task finds its own job."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    name = f"{prefix}-{cleaned}"
+    if len(name) > 50:
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+        name = f"{name[:41].rstrip('-')}-{digest}"
+    return name
 
 
 def _local() -> Launcher:

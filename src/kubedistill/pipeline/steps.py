@@ -196,7 +196,7 @@ def distill(
     is checked here, before anything is launched. Training always resumes from the run's own checkpoints, so
     a retried task continues where the failed attempt stopped.
     """
-    from kubedistill.launch import LaunchRequest, get_launcher
+    from kubedistill.launch import LaunchRequest, get_launcher, job_name
 
     with _step(context, "distill"):
         parent = context.pipeline_run()
@@ -257,20 +257,6 @@ def _check_train_values(values: Mapping[str, Any]) -> None:
     from kubedistill.config import build_train_config
 
     build_train_config(dict(values))
-
-
-def job_name(run_id: str, prefix: str = "kd") -> str:
-    """A DNS-1035 label (lowercase, starts with a letter, <= 50 characters) that is the same for every attempt
-    of one pipeline run: a retried task finds its own job."""
-    import hashlib
-    import re
-
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
-    name = f"{prefix}-{cleaned}"
-    if len(name) > 50:
-        digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
-        name = f"{name[:41].rstrip('-')}-{digest}"
-    return name
 
 
 def _read_training_run(out: Path, out_uri: str) -> DistillOutputs:
