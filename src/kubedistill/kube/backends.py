@@ -25,7 +25,14 @@ class Backend:
     build: Callable[[LaunchRequest, JobSettings, Mapping[str, str] | None], dict[str, Any]]
     succeeded_condition: str
     failed_condition: str
-    rank0_selector: Callable[[str], str]  # job name -> label selector of the pod of node 0
+    job_label: str  # the label the operator puts on every pod of a job, with the job's name
+    rank0_labels: str  # what selects node 0's pod among them
+
+    def pod_selector(self, name: str) -> str:
+        return f"{self.job_label}={name}"
+
+    def rank0_selector(self, name: str) -> str:
+        return f"{self.job_label}={name},{self.rank0_labels}"
 
     @property
     def api_version(self) -> str:
@@ -50,18 +57,14 @@ BACKENDS: dict[str, Backend] = {
     "pytorchjob": Backend(
         name="pytorchjob", group=pytorchjob.GROUP, version=pytorchjob.VERSION, plural=pytorchjob.PLURAL,
         kind=pytorchjob.KIND, build=pytorchjob.build, succeeded_condition="Succeeded", failed_condition="Failed",
-        rank0_selector=lambda name: (
-            f"training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=master,"
-            "training.kubeflow.org/replica-index=0"
-        ),
+        job_label="training.kubeflow.org/job-name",
+        rank0_labels="training.kubeflow.org/replica-type=master,training.kubeflow.org/replica-index=0",
     ),
     "trainjob": Backend(
         name="trainjob", group=trainjob.GROUP, version=trainjob.VERSION, plural=trainjob.PLURAL, kind=trainjob.KIND,
         build=trainjob.build, succeeded_condition="Complete", failed_condition="Failed",
-        rank0_selector=lambda name: (
-            f"jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name={trainjob.NODE},"
-            "batch.kubernetes.io/job-completion-index=0"
-        ),
+        job_label="jobset.sigs.k8s.io/jobset-name",
+        rank0_labels=f"jobset.sigs.k8s.io/replicatedjob-name={trainjob.NODE},batch.kubernetes.io/job-completion-index=0",
     ),
 }  # fmt: skip
 

@@ -11,7 +11,6 @@ import collections
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 from kubedistill.config import to_key_values
 from kubedistill.errors import ConfigError
 from kubedistill.launch import LaunchError, LaunchRequest
+from kubedistill.launch.signals import sigterm_raises
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +79,14 @@ class LocalLauncher:
             request.procs_per_node, port,
         )  # fmt: skip
         agents = [_Agent(rank, command, self.environment(request), self.output) for rank, command in enumerate(commands)]
-        previous = _install_sigterm_handler()
         try:
-            _wait_all(agents, request.name)
+            with sigterm_raises(_TerminatedError):
+                _wait_all(agents, request.name)
         except _TerminatedError:
             _stop(agents)
             raise LaunchError(f"{request.name}: stopped by SIGTERM; the training processes were terminated") from None
         finally:
             _stop(agents)
-            _restore_sigterm_handler(previous)
 
 
 class _Agent:
@@ -171,21 +170,6 @@ def _stop(agents: list[_Agent]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _TerminatedError()
-
-
-def _install_sigterm_handler():
-    if threading.current_thread() is not threading.main_thread():
-        return None  # signals reach the main thread only; the caller there handles them
-    return signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def _restore_sigterm_handler(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _free_port() -> int:
