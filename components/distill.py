@@ -17,6 +17,7 @@ def distill(
     gpu_type: str,
     launcher: str,
     train_args: str,
+    launch_args: str,
     kfp_run_id: str,
     output_root: str,
     kfp_run_name: str,
@@ -30,7 +31,8 @@ def distill(
 
     Args:
         manifest: The validated images (read from the URI in its metadata; the images are never copied).
-        launcher: Where training runs: local (torchrun in this task's container).
+        launcher: Where training runs: local (torchrun in this task's container), pytorchjob or trainjob.
+        launch_args: The cluster launchers' settings, space-separated key=value.
         model: The exported student (weights + model name, feature dim, image size, normalization), with the
             run's facts in its metadata.
         training: The run's config.yaml, train.log, metrics.jsonl and MLflow run record.
@@ -42,6 +44,7 @@ def distill(
         context, manifest_uri=manifest.metadata["uri"], student=student, teacher=teacher,
         teacher_weights=teacher_weights_uri, epochs=epochs, batch_size=batch_size, image_size=image_size,
         nodes=nodes, gpus_per_node=gpus_per_node, gpu_type=gpu_type, launcher=launcher, train_args=train_args,
+        launch_args=launch_args,
     )
     artifacts.fill(model, file=result.model_file, metadata=result.metadata)
     artifacts.fill(training, folder=result.training_folder, metadata={"run_uri": result.run_uri})

@@ -37,6 +37,7 @@ def distillation_pipeline(
     gpu_type: str = "",
     launcher: str = "local",
     train_args: str = "",
+    launch_args: str = "",
     max_bad_fraction: float = 0.05,
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = "kubedistill",
@@ -61,8 +62,9 @@ def distillation_pipeline(
         nodes: Machines the training job runs on.
         gpus_per_node: Training processes per node: one per GPU (with the local launcher on a CPU machine, the number of CPU processes).
         gpu_type: The GPU the training pods ask for (e.g. nvidia-l4 on GKE); empty for any. Not used by the local launcher.
-        launcher: Where training runs: local (torchrun inside the distill task).
+        launcher: Where training runs: local (torchrun inside the distill task), pytorchjob (Training Operator v1) or trainjob (Kubeflow Trainer v2.3).
         train_args: More kubedistill train arguments, space-separated key=value, e.g. "optim=adamw optim_args.lr=0.001".
+        launch_args: The cluster launchers' settings, space-separated key=value, e.g. "service_account=kd-trainer kueue_queue=gpu mlflow_secret=mlflow-credentials".
         max_bad_fraction: Validation fails the run when more than this share of the images is bad.
         mlflow_tracking_uri: The MLflow server; empty for the MLFLOW_TRACKING_URI of the environment (KFP's MLflow plugin sets it).
         mlflow_experiment: The MLflow experiment of the pipeline's runs.
@@ -91,7 +93,7 @@ def distillation_pipeline(
             manifest=validated.outputs["manifest"], student=student, teacher=teacher,
             teacher_weights_uri=teacher_weights_uri, epochs=epochs, batch_size=batch_size, image_size=image_size,
             nodes=nodes, gpus_per_node=gpus_per_node, gpu_type=gpu_type, launcher=launcher, train_args=train_args,
-            **run,
+            launch_args=launch_args, **run,
         ).set_display_name("Distill the student").set_caching_options(False)  # fmt: skip
         probed = (
             linear_probe(

@@ -95,14 +95,15 @@ def _register(args: dict) -> int:
 
 
 def _launch(args: dict) -> int:
-    from kubedistill.kube.spec import launch_request, render, split_arguments
+    from kubedistill.kube.spec import durability_warning, launch_request, render, split_arguments
     from kubedistill.launch import get_launcher
 
     config, train = split_arguments(args)
     if config.dry_run:
         print(render(config, train), end="")
         return EXIT_OK
-    get_launcher(config.backend).run(launch_request(config, train))
+    print(f"kubedistill launch: warning: {durability_warning(train)}", file=sys.stderr)
+    get_launcher(config.backend, config.settings).run(launch_request(config, train))
     return EXIT_OK
 
 

@@ -27,8 +27,8 @@ TINY = {
 
 
 def test_unknown_launchers_are_refused_with_the_valid_ones():
-    assert "local" in available_launchers()
-    with pytest.raises(ConfigError, match=r"unknown launcher 'k8s'; valid: local"):
+    assert available_launchers() == ["local", "pytorchjob", "trainjob"]
+    with pytest.raises(ConfigError, match=r"unknown launcher 'k8s'; valid: local, pytorchjob, trainjob"):
         get_launcher("k8s")
 
 

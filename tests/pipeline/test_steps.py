@@ -169,3 +169,15 @@ def test_a_retry_does_not_validate_unchanged_rejected_data_again(tmp_path):
     assert steps.validate(context, dataset_uri=str(tmp_path / "images")).counts["images_ok"] == 4
     assert report.stat().st_mtime_ns != first
     assert context.failures() == []  # the attempt that worked clears the earlier attempts' record
+
+
+def test_cluster_launchers_are_refused_before_anything_starts(tmp_path):
+    context = PipelineContext(run_id="r8", output_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="launcher: pytorchjob runs training in pods"):
+        steps.distill(context, manifest_uri="m.jsonl", student="torchvision/resnet18", teacher="dinov2/vits14",
+                      launcher="pytorchjob")  # fmt: skip
+    assert context.failures()[0]["step"] == "distill"
+    with pytest.raises(ConfigError) as error:
+        steps.job_settings("kueue_queue=-starts-with-a-dash shm_size=lots", gpu_type="nvidia-l4")
+    assert len(error.value.problems) == 2 and all(p.startswith("launch_args: ") for p in error.value.problems)
+    assert steps.job_settings("service_account=kd kueue_queue=gpu", gpu_type="nvidia-l4").gpu_type == "nvidia-l4"

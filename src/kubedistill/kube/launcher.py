@@ -36,10 +36,11 @@ class Timeouts:
     pending_s: float = 30 * 60  # queued or unschedulable this long: give up (a GPU that never comes)
     watch_s: int = 30  # one watch request; the loop checks the clocks between requests
     reconnect_s: float = 2.0  # pause before watching again after an error
+    max_watch_errors: int = 30  # in a row (a dropped stream that reconnects is not an error)
 
 
-class _TerminatedError(Exception):
-    """SIGTERM arrived."""
+class _TerminatedError(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt: no `except Exception` may swallow it."""
 
 
 class KubeLauncher:
@@ -86,6 +87,7 @@ class _Follower:
         self.pending_since = self.started
         self.resource_version: str | None = None
         self.reported: set[str] = set()
+        self.watch_errors = 0
         self._log_thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -156,6 +158,7 @@ class _Follower:
         try:
             for event, obj in self.cluster.watch(self.backend, self.namespace, self.name, self.resource_version,
                                                  self.timeouts.watch_s):  # fmt: skip
+                self.watch_errors = 0
                 self.resource_version = (obj.get("metadata") or {}).get("resourceVersion") or self.resource_version
                 if event == "DELETED":
                     raise LaunchError(f"{self.what} was deleted by someone else before it finished")
@@ -168,6 +171,13 @@ class _Follower:
         except LaunchError:
             raise
         except Exception as e:  # a dropped connection, a 5xx: the job is still there
+            status = getattr(e, "status", None)
+            if status in (401, 403, 404):
+                raise LaunchError(f"{self.what}: the API refused to watch it ({status}): {e}; check the service "
+                                  "account's permissions (manifests/base/rbac) and that the operator is installed") from e  # fmt: skip
+            self.watch_errors += 1
+            if self.watch_errors >= self.timeouts.max_watch_errors:
+                raise LaunchError(f"{self.what}: {self.watch_errors} watch requests in a row failed; last: {e}") from e
             logger.warning("%s: watch interrupted (%s); watching again", self.what, str(e).splitlines()[0] if str(e) else e)
             time.sleep(self.timeouts.reconnect_s)
             return job

@@ -69,6 +69,16 @@ def split_arguments(values: Mapping[str, Any]) -> tuple[LaunchConfig, dict[str, 
     return config, train
 
 
+def durability_warning(train_args: Mapping[str, Any]) -> str | None:
+    """A warning when ``out`` is a path inside the pods: outputs there vanish with the pods unless a volume
+    that every node shares is mounted at it."""
+    out = str(train_args.get("out", ""))
+    return (
+        f"out={out} is a path inside the pods: unless a volume every node shares is mounted there (GCS FUSE, "
+        "Filestore), the run's checkpoints and export are lost with the pods"
+    )
+
+
 def launch_request(config: LaunchConfig, train_args: Mapping[str, Any]) -> LaunchRequest:
     name = config.name or f"kd-{secrets.token_hex(4)}"
     return LaunchRequest(name=name, train_args=dict(train_args), nodes=config.nodes, procs_per_node=config.gpus_per_node,

@@ -3,7 +3,7 @@
 A launcher takes a ``LaunchRequest`` (the train arguments and the process layout) and returns only when the
 job succeeded; it raises ``LaunchError`` otherwise (never reports success on a failed job). ``local`` runs
 torchrun on this machine (one torchrun agent per "node", on 127.0.0.1): the demo, tests and laptops.
-The Kubernetes backends (PyTorchJob, TrainJob) implement the same interface.
+``pytorchjob`` and ``trainjob`` run it as a job on the cluster (``kubedistill.kube``).
 """
 
 from __future__ import annotations
@@ -70,22 +70,36 @@ def job_name(run_id: str, prefix: str = "kd") -> str:
     return name
 
 
-def _local() -> Launcher:
+def _local(settings: Any) -> Launcher:
     from kubedistill.launch.local import LocalLauncher
 
     return LocalLauncher()
 
 
-_FACTORIES: dict[str, Callable[[], Launcher]] = {"local": _local}
+def _cluster(backend: str) -> Callable[[Any], Launcher]:
+    def make(settings: Any) -> Launcher:
+        from kubedistill.kube.backends import get_backend
+        from kubedistill.kube.launcher import KubeLauncher
+        from kubedistill.kube.settings import JobSettings
+
+        return KubeLauncher(get_backend(backend), settings or JobSettings())
+
+    return make
+
+
+_FACTORIES: dict[str, Callable[[Any], Launcher]] = {
+    "local": _local, "pytorchjob": _cluster("pytorchjob"), "trainjob": _cluster("trainjob"),
+}  # fmt: skip
 
 
 def available_launchers() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_launcher(name: str) -> Launcher:
-    """The launcher called ``name``; ConfigError naming the valid ones otherwise."""
+def get_launcher(name: str, settings: Any = None) -> Launcher:
+    """The launcher called ``name``; ConfigError naming the valid ones otherwise. ``settings``: the cluster
+    launchers' ``kube.settings.JobSettings`` (image, namespace, GPUs, ...); the local launcher ignores it."""
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ConfigError([f"launcher: unknown launcher {name!r}; valid: {', '.join(available_launchers())}"])
-    return factory()
+    return factory(settings)

@@ -32,8 +32,9 @@ _LAUNCH_ENV_PREFIXES = ("PET_", "TORCHELASTIC_")
 _LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-class _TerminatedError(Exception):
-    """SIGTERM arrived while the job ran (KFP's Terminate, a pod being stopped)."""
+class _TerminatedError(BaseException):
+    """SIGTERM arrived while the job ran (KFP's Terminate, a pod being stopped). A BaseException,
+    like KeyboardInterrupt: no `except Exception` may swallow it."""
 
 
 class LocalLauncher:

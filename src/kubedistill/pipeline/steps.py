@@ -188,13 +188,16 @@ def distill(
     gpu_type: str = "",
     launcher: str = "local",
     train_args: str = "",
+    launch_args: str = "",
 ) -> DistillOutputs:
     """Distill ``teacher`` into ``student`` on the manifest's images with ``launcher``; the exported student.
 
     ``train_args``: more ``kubedistill train`` arguments, space-separated key=value (they may not set what the
     pipeline sets: out, data, model, epochs, batch size, the process layout, MLflow). The whole configuration
     is checked here, before anything is launched. Training always resumes from the run's own checkpoints, so
-    a retried task continues where the failed attempt stopped.
+    a retried task continues where the failed attempt stopped. ``launch_args``: the cluster launchers' settings,
+    space-separated key=value (``service_account=... kueue_queue=... mlflow_secret=... namespace=...``: see
+    ``kubedistill.kube.settings.JobSettings``); ``gpu_type`` is its own parameter.
     """
     from kubedistill.launch import LaunchRequest, get_launcher, job_name
 
@@ -204,13 +207,20 @@ def distill(
             "student": student, "teacher": teacher, "teacher_weights": teacher_weights or "official",
             "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "nodes": nodes,
             "gpus_per_node": gpus_per_node, "gpu_type": gpu_type, "launcher": launcher, "train_args": train_args,
+            "launch_args": launch_args,
         })  # fmt: skip
         values = train_values(
             context, manifest_uri=manifest_uri, student=student, teacher=teacher, teacher_weights=teacher_weights,
             epochs=epochs, batch_size=batch_size, image_size=image_size, train_args=train_args,
             mlflow=context.step_mlflow("distill", parent),
         )  # fmt: skip
-        launch = get_launcher(launcher)
+        if launcher != "local":
+            raise ConfigError([
+                f"launcher: {launcher} runs training in pods that cannot write this task's disk, so the run folder "
+                "must be gs://; train's gs:// run folders are not available in this version: use launcher=local "
+                "(or `kubedistill launch` with a volume every node shares)"
+            ])  # fmt: skip
+        launch = get_launcher(launcher, job_settings(launch_args, gpu_type=gpu_type))
         out_uri = context.step_uri("distill")
         with _local_folder(out_uri) as out:
             values["out"] = str(out)
@@ -222,6 +232,21 @@ def distill(
             launch.run(request)
             outputs = _read_training_run(out, out_uri)
         return outputs
+
+
+def job_settings(launch_args: str, *, gpu_type: str):
+    """The cluster launchers' ``JobSettings`` from the ``launch_args`` parameter; every problem at once."""
+    from kubedistill.config import build, parse_key_values
+    from kubedistill.kube.settings import JobSettings
+
+    values = parse_key_values(shlex.split(launch_args)) if launch_args.strip() else {}
+    if "gpu_type" in values:
+        raise ConfigError(["launch_args: 'gpu_type' is its own pipeline parameter"])
+    problems: list[str] = []
+    settings = build(JobSettings, {**values, "gpu_type": gpu_type}, problems=problems)
+    if problems:
+        raise ConfigError([f"launch_args: {p}" for p in problems])
+    return settings
 
 
 def train_values(
