@@ -69,8 +69,8 @@ def split_arguments(values: Mapping[str, Any]) -> tuple[LaunchConfig, dict[str, 
     return config, train
 
 
-def durability_warning(train_args: Mapping[str, Any]) -> str | None:
-    """A warning when ``out`` is a path inside the pods: outputs there vanish with the pods unless a volume
+def durability_warning(train_args: Mapping[str, Any]) -> str:
+    """The warning for ``out``, a path inside the pods: outputs there vanish with the pods unless a volume
     that every node shares is mounted at it."""
     out = str(train_args.get("out", ""))
     return (
