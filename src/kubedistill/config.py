@@ -317,12 +317,8 @@ class TrainConfig:
             found.append(f"devices: must be >= 1 or 'auto', got {self.devices}")
         if not self.out:
             found.append("out: must be a directory path")
-        elif "://" in str(self.out) and not str(self.out).startswith("file://"):
-            # Without this check a gs:// URI became a local folder named "gs:".
-            found.append(
-                f"out: {self.out} is a URI; train writes its run folder to a local (or mounted) path: give a "
-                "folder, and copy the folder to the bucket afterwards (the pipeline's distill step does)"
-            )
+        elif "://" in str(self.out) and not str(self.out).startswith(("gs://", "file://")):
+            found.append(f"out: {self.out} is neither a local folder nor gs://bucket/prefix")
         if not self.data:
             found.append(
                 "data: must be a folder, an image file, a gs://bucket/prefix, a manifest.jsonl from `kubedistill "

@@ -269,6 +269,19 @@ def exists(uri: str) -> bool:
     return to_local_path(uri).exists()
 
 
+def upload_file(path: str | os.PathLike[str], uri: str, *, content_type: str | None = None) -> None:
+    """Copy a local file to ``uri`` (local: atomically; gs://: a GCS object appears only once complete, and
+    large files go up in resumable chunks instead of through memory)."""
+    if not is_gcs(uri):
+        write_bytes(uri, Path(path).read_bytes(), content_type=content_type)
+        return
+    bucket, name = split_gs_uri(uri)
+    with _gcs_errors(uri, "write"):
+        gcs_client().bucket(bucket).blob(name).upload_from_filename(
+            str(path), content_type=content_type, timeout=GCS_TIMEOUT_S, retry=_retry()
+        )
+
+
 def delete(uri: str) -> None:
     """Remove one file (local or gs:// object); nothing happens when it is not there."""
     if is_gcs(uri):

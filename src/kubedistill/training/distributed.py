@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -170,6 +171,25 @@ def broadcast_int(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.long, device=device)
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled on the way: for a decision, or a checkpoint's state once)."""
+    if not is_initialized():
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_equal(values: list[float], device: torch.device) -> bool:
+    """Whether every rank holds exactly the same ``values`` (e.g. the step and a checksum of the weights)."""
+    if not is_initialized():
+        return True
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(gathered, tensor)
+    return all(torch.equal(other, gathered[0]) for other in gathered)
 
 
 def abort_process(exit_code: int = 1) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,31 +13,40 @@ import torch
 import yaml
 from torch import nn
 
+from kubedistill import storage
 from kubedistill.config import TrainConfig, to_dict
 from kubedistill.data.datasets import FailureCounter, ImageDataset, make_dataloader, resolve_num_workers
 from kubedistill.data.remote import ImageReader, choose_remote_mode, data_cache_dir, stage
 from kubedistill.data.sources import ImageList, resolve_images
 from kubedistill.data.transforms import DistillationTransform
-from kubedistill.errors import ConfigError, DataError, KubedistillError
+from kubedistill.errors import ConfigError, DataError, KubedistillError, OutputDirError
 from kubedistill.methods.distillation import Distillation, auto_queue_size
 from kubedistill.methods.distillation.args import scaled_lr
 from kubedistill.models.export import StudentMetadata, export_student, load_student
 from kubedistill.models.students import Student, build_student
 from kubedistill.models.teachers import load_teacher
+from kubedistill.tracking.lineage import RUN_FILE
+from kubedistill.tracking.runs import flatten
 from kubedistill.tracking.training import TrainingTracker
 from kubedistill.training import distributed
 from kubedistill.training.allocator import tune_glibc_malloc
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
 from kubedistill.training.optim import build_optimizer, resolve_warmup_epochs, set_lr, warmup_cosine_schedule
-from kubedistill.training.outdir import OutputLayout, prepare_output_dir
 from kubedistill.training.precision import cast_frozen_matmul_weights_, resolve_device, resolve_precision
+from kubedistill.training.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 # Periodic checkpoints when checkpoint_every_n_steps is not set: ~15 min at one step per second.
 DEFAULT_CHECKPOINT_EVERY_N_STEPS = 1000
 KEEP_CHECKPOINTS = 3
+# Non-zero ranks resume too, but from the state rank 0 sends them, never from a file of their own.
+RESUME_FROM_RANK_0 = Path("<rank 0's checkpoint>")
+# Settings that say where or how a run is launched and logged, not what it computes: a resume may change them.
+_HARMLESS = frozenset({"out", "overwrite", "resume_interrupted", "log_every_n_steps", "checkpoint_every_n_steps",
+                       "num_workers", "checkpoint", "accelerator", "devices", "num_nodes"})  # fmt: skip
+_HARMLESS_PREFIXES = ("loader_args.", "mlflow.")
 # Epoch ends get a checkpoint too, but at most one per minute: small datasets run thousands of short epochs.
 EPOCH_END_MIN_INTERVAL_S = 60.0
 
@@ -60,7 +70,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.layout = OutputLayout(Path(config.out))
+        self.folder = RunFolder(config.out)  # local, or gs:// with a node-local staging folder
+        self.layout = self.folder.layout
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -101,6 +112,7 @@ class Trainer:
             self.tracker = TrainingTracker.start(
                 cfg.mlflow, out=self.layout.root, config=self.resolved_config(), resume=resume_path is not None
             )
+            self.folder.push(self.layout.config, self.layout.root / RUN_FILE)
         self.metrics = MetricsWriter(self.layout.metrics)
 
     def _check_world(self) -> None:
@@ -127,21 +139,31 @@ class Trainer:
             raise ConfigError(problems)
 
     def _prepare_output(self) -> Path | None:
-        # Rank 0 alone inspects and prepares the folder; the others wait at the barrier, then follow its
-        # decision (a late rank must not refuse the folder rank 0 has just filled).
-        # After torchrun restarted the workers (--max-restarts), resume without being asked.
-        resume = self.config.resume_interrupted or (
-            distributed.is_elastic_restart() and self.layout.last_checkpoint.exists()
-        )
-        resume_path = None
+        """Rank 0 alone inspects and prepares the run folder and decides whether (and from what) to resume; the
+        others learn the decision from it, so no rank decides from what its own disk happens to hold. Returns
+        the checkpoint to resume from on rank 0, and ``RESUME_FROM_RANK_0`` elsewhere (None: a new run)."""
+        decision: dict[str, Any] = {}
+        error: KubedistillError | None = None
         if self.is_main:
-            resume_path = prepare_output_dir(self.layout, overwrite=self.config.overwrite, resume=resume)
-        distributed.barrier()
-        if not self.is_main and resume and self.layout.last_checkpoint.exists():
-            resume_path = self.layout.last_checkpoint
-        if resume_path is not None and distributed.is_elastic_restart():
-            logger.warning("torchrun restarted the workers: resuming from %s", resume_path)
-        return resume_path
+            # After torchrun restarted the workers (--max-restarts), resume without being asked.
+            resume = self.config.resume_interrupted or (
+                distributed.is_elastic_restart() and self.layout.last_checkpoint.exists()
+            )
+            try:
+                path = self.folder.prepare(overwrite=self.config.overwrite, resume=resume)
+                decision = {"resume": str(path) if path else None}
+            except KubedistillError as e:  # every rank stops, with rank 0's reason
+                error, decision = e, {"error": str(e)}
+        decision = distributed.broadcast_object(decision)
+        if error is not None:
+            raise error
+        if "error" in decision:
+            raise OutputDirError(f"rank 0 could not prepare the run folder: {decision['error']}")
+        if decision["resume"] is None:
+            return None
+        if distributed.is_elastic_restart():
+            logger.warning("torchrun restarted the workers: resuming from %s", decision["resume"])
+        return Path(decision["resume"]) if self.is_main else RESUME_FROM_RANK_0
 
     def _setup_data(self) -> None:
         cfg = self.config
@@ -276,22 +298,64 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def _resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        """Rank 0 reads the checkpoint and checks that it fits this configuration; every rank then loads rank 0's
+        state (a node's own disk may hold nothing, or an older file), and all ranks must agree before step one."""
+        payload: dict[str, Any] = {}
+        if self.is_main:
+            try:
+                state = load_checkpoint(path)
+                self._check_resumable(state, path)
+                payload = {"state": state}
+            except KubedistillError as e:
+                payload = {"error": str(e)}
+        payload = distributed.broadcast_object(payload)
+        if "error" in payload:
+            raise CheckpointError(payload["error"])
+        state = payload["state"]
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.failures.load_state_dict(state["failures"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.already_finished = self.step >= self.total_steps
+        weights = sum(float(p.detach().double().sum()) for p in self.method.parameters())
+        if not distributed.all_equal([float(self.step), weights], self.device):
+            raise CheckpointError(f"the ranks disagree after resuming from {path}: step or weights differ")
+        if self.is_main:
+            MetricsWriter(self.layout.metrics).truncate_after(self.step)
+        logger.info("resumed from %s at step %d (epoch %d)", self.folder.uri if self.folder.remote else path,
+                    self.step, self.epoch)  # fmt: skip
+
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """A resume must continue the same run: refuse a configuration that would change the result."""
         if state["total_steps"] != self.total_steps or state["queue_size"] != self.queue_size:
             raise CheckpointError(
                 f"{path} was written by a run with {state['total_steps']} steps and queue {state['queue_size']}; "
                 f"this configuration has {self.total_steps} steps and queue {self.queue_size}. Resume with the "
                 "same settings, or start a new run in another output folder"
             )
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.failures.load_state_dict(state["failures"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        self.already_finished = self.step >= self.total_steps
-        if self.is_main:
-            MetricsWriter(self.layout.metrics).truncate_after(self.step)
-        logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        saved = state.get("config")
+        if saved is None:  # written before checkpoints carried their configuration
+            logger.warning("%s does not record its configuration: the resume cannot be checked", path)
+            return
+        current = self.result_config()
+        differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if differing:
+            changes = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+            raise CheckpointError(
+                f"cannot resume from {path}: these settings differ from the interrupted run's and change the "
+                f"result: {changes}. Resume with the run's settings (config.yaml), or start a new run in another "
+                "output folder"
+            )
+
+    def result_config(self) -> dict[str, Any]:
+        """The settings that decide what a run computes, flattened (dotted keys), as JSON values."""
+        plain = json.loads(json.dumps(to_dict(self.config), default=str))
+        flat = {k: v for k, v in flatten(plain).items() if not k.startswith(_HARMLESS_PREFIXES) and k not in _HARMLESS}
+        flat.update({"data_fingerprint": self.data_fingerprint, "world_size": self.proc.world_size})
+        return flat
 
     # ------------------------------------------------------------------ training
 
@@ -339,7 +403,10 @@ class Trainer:
         self.save_checkpoint()
         if self.is_main:
             self.export()
-        logger.info("finished %d steps; student exported to %s", self.step, self.layout.exported)
+            self.folder.push(self.layout.exported, self.layout.exported.with_suffix(".json"), self.layout.metrics,
+                             self.layout.train_log)  # fmt: skip
+        logger.info("finished %d steps; student exported to %s", self.step,
+                    storage.join(self.folder.uri, "exported", self.layout.exported.name))  # fmt: skip
         if self.is_main:
             self.tracker.finish(artifacts=self._tracked_artifacts())
         return TrainResult(
@@ -426,10 +493,15 @@ class Trainer:
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "failures": self.failures.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            },
+            "config": self.result_config(),
         }
         path = save_checkpoint(state, self.layout.checkpoints, step=self.step, keep=KEEP_CHECKPOINTS)
-        logger.info("checkpoint written: %s", path)
+        self.folder.push_checkpoint(path, keep=KEEP_CHECKPOINTS)
+        logger.info("checkpoint written: %s", storage.join(self.folder.uri, "checkpoints", path.name))
 
     def export(self) -> Path:
         cfg = self.config
