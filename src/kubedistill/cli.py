@@ -49,11 +49,16 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DATA_REJECTED = 0, 1, 2, 3
 
 
 def _train(args: dict) -> int:
+    from kubedistill import storage
     from kubedistill.config import build_train_config
     from kubedistill.training.trainer import run_training
 
-    result = run_training(build_train_config(args))  # as api.train, but missing keys are ConfigErrors
-    print(json.dumps({"out": str(result.out), "exported": str(result.exported), "steps": result.steps}))
+    config = build_train_config(args)  # as api.train, but missing keys are ConfigErrors
+    result = run_training(config)
+    # Where the run lives (a gs:// run is staged locally while it trains; the bucket is what lasts).
+    out = config.out if storage.is_gcs(config.out) else str(result.out)
+    exported = storage.join(out, "exported", "student.pt") if storage.is_gcs(out) else str(result.exported)
+    print(json.dumps({"out": out, "exported": exported, "steps": result.steps}))
     return EXIT_OK
 
 

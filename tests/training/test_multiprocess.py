@@ -235,3 +235,88 @@ def test_killed_worker_restarts_and_ends_with_the_uninterrupted_weights(tmp_path
     a = kubedistill.load_student(straight / "exported" / "student.pt").state_dict()
     b = kubedistill.load_student(out / "exported" / "student.pt").state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-5) for k in a)
+
+
+# --- run folders on gs:// (fake-gcs-server): what a PyTorchJob's pods do ----------------------------------------
+
+
+def _gcs_losses(out: str) -> list[float]:
+    from kubedistill import storage
+
+    return [json.loads(line)["loss"] for line in storage.read_bytes(f"{out}/metrics.jsonl").decode().splitlines()]
+
+
+def _gcs_student(out: str, tmp: Path) -> dict:
+    from kubedistill import storage
+
+    local = tmp / f"student-{abs(hash(out))}.pt"
+    storage.fetch(f"{out}/exported/student.pt", local)
+    return kubedistill.load_student(local).state_dict()
+
+
+def _wait_for_object(uri: str, procs: list[subprocess.Popen], timeout: float = 180) -> None:
+    from kubedistill import storage
+
+    deadline = time.monotonic() + timeout
+    while not storage.exists(uri) and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert storage.exists(uri), f"{uri} never appeared"
+
+
+def test_two_processes_write_to_the_bucket_and_resume_from_it_after_sigkill(tmp_path, image_folder, gcs_bucket):
+    """A 2-process torchrun run with out=gs://: SIGKILLed after the step-4 checkpoint, resumed with
+    resume_interrupted=true on a node with an empty cache (only the bucket remembers), it ends with the
+    uninterrupted run's weights."""
+    emulator = os.environ["STORAGE_EMULATOR_HOST"]
+    settings = ["epochs=2", "batch_size=16", "checkpoint_every_n_steps=2", "precision=32-true"]
+
+    def launch(out: str, cache: str, *extra: str) -> subprocess.Popen:
+        env = _env(STORAGE_EMULATOR_HOST=emulator, KUBEDISTILL_CACHE_DIR=str(tmp_path / cache))
+        return _torchrun("--nproc-per-node=2", f"--master-port={_free_port()}", "-m", "kubedistill", "train",
+                         f"out={out}", f"data={image_folder}", *COMMON, *settings, *extra, env=env)  # fmt: skip
+
+    straight = f"gs://{gcs_bucket.name}/straight"
+    _wait([launch(straight, "cache-straight")])
+    killed = f"gs://{gcs_bucket.name}/killed"
+    proc = launch(killed, "cache-first", "resume_interrupted=true")
+    _wait_for_object(f"{killed}/checkpoints/step-00000004.pt", [proc])
+    for pid in [*_children(proc.pid), proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    from kubedistill import storage
+
+    assert not storage.exists(f"{killed}/exported/student.pt")
+    (output,) = _wait([launch(killed, "cache-second-node", "resume_interrupted=true")])
+    assert f"resumed from {killed} at step 4" in output or f"resumed from {killed} at step 6" in output
+    assert _gcs_losses(killed) == pytest.approx(_gcs_losses(straight), rel=1e-6)
+    a, b = _gcs_student(straight, tmp_path), _gcs_student(killed, tmp_path)
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6) for k in a)
+
+
+def test_two_nodes_with_their_own_caches_resume_without_divergence(tmp_path, image_folder, gcs_bucket):
+    """Two torchrun "nodes" on loopback, each with its own local cache: rank 0 decides the resume from the
+    bucket and sends its state, so the node that never saw a checkpoint resumes exactly as the other."""
+    emulator = os.environ["STORAGE_EMULATOR_HOST"]
+    settings = ["epochs=2", "batch_size=16", "checkpoint_every_n_steps=2", "precision=32-true"]
+
+    def nodes(out: str, tag: str, *extra: str) -> list[subprocess.Popen]:
+        port = _free_port()
+        return [
+            _torchrun(*_node_args(out, image_folder, port, rank, *settings, *extra),  # type: ignore[arg-type]
+                      env=_env(STORAGE_EMULATOR_HOST=emulator, KUBEDISTILL_CACHE_DIR=str(tmp_path / f"{tag}-{rank}")))
+            for rank in (0, 1)
+        ]  # fmt: skip
+
+    straight = f"gs://{gcs_bucket.name}/two-straight"
+    _wait(nodes(straight, "straight"))
+    killed = f"gs://{gcs_bucket.name}/two-killed"
+    procs = nodes(killed, "first")
+    _wait_for_object(f"{killed}/checkpoints/step-00000004.pt", procs)
+    for proc in procs:
+        for pid in [*_children(proc.pid), proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    _wait(nodes(killed, "second", "resume_interrupted=true"))  # fresh caches on both nodes
+    assert _gcs_losses(killed) == pytest.approx(_gcs_losses(straight), rel=1e-6)
+    a, b = _gcs_student(straight, tmp_path), _gcs_student(killed, tmp_path)
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6) for k in a)

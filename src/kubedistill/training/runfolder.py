@@ -78,10 +78,13 @@ class RunFolder:
                 storage.upload_file(path, storage.join(self.uri, *path.relative_to(self.layout.root).parts))
 
     def push_checkpoint(self, path: Path, *, keep: int) -> None:
-        """The checkpoint, then the records; then the bucket's oldest step-*.pt beyond the newest ``keep``."""
+        """The records, then the checkpoint; then the bucket's oldest step-*.pt beyond the newest ``keep``.
+
+        In that order, a checkpoint in the bucket always has records at least as new as itself (a resume
+        drops metric lines past its step), whenever the upload is interrupted."""
         if not self.remote:
             return
-        self.push(path, *(self.layout.root / name for name in RECORD_FILES))
+        self.push(*(self.layout.root / name for name in RECORD_FILES), path)
         remote = sorted((int(m.group(1)), uri) for uri in self._remote_run_files() if (m := _STEP.search(uri)))
         for _, uri in remote[:-keep] if keep > 0 else []:
             storage.delete(uri)
