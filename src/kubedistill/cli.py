@@ -107,7 +107,9 @@ def _launch(args: dict) -> int:
     if config.dry_run:
         print(render(config, train), end="")
         return EXIT_OK
-    print(f"kubedistill launch: warning: {durability_warning(train)}", file=sys.stderr)
+    warning = durability_warning(train)
+    if warning:
+        print(f"kubedistill launch: warning: {warning}", file=sys.stderr)
     get_launcher(config.backend, config.settings).run(launch_request(config, train))
     return EXIT_OK
 

@@ -24,7 +24,7 @@ CRDS = {"pytorchjob": "kubeflow.org_pytorchjobs.yaml", "trainjob": "trainer.kube
 TOKEN = "s3cr3t-t0ken-value"
 KFP_ENV = {"MLFLOW_TRACKING_URI": "http://mlflow.kubeflow:5000", "MLFLOW_RUN_ID": "parent123",
            "MLFLOW_TRACKING_TOKEN": TOKEN, "KFP_POD_NAME": "kd-run-distill-123", "KFP_POD_UID": "0a1b-2c3d"}  # fmt: skip
-TRAIN = {"out": "/gcs/bucket/runs/r1/distill", "data": "gs://bucket/runs/r1/validate/manifest.jsonl",
+TRAIN = {"out": "gs://bucket/runs/r1/distill", "data": "gs://bucket/runs/r1/validate/manifest.jsonl",
          "model": "torchvision/resnet50", "epochs": 100, "optim_args": {"lr": 0.5}}  # fmt: skip
 
 
@@ -182,8 +182,8 @@ def test_launch_arguments_are_split_and_checked_together():
     problems = "\n".join(error.value.problems)
     for expected in ("backend: unknown backend 'k8s'", "name: 'Not_A_Label'", "shm_size: 'lots'", "epochs: must be >= 1"):
         assert expected in problems
-    with pytest.raises(ConfigError, match="out: gs://bucket/r is a URI"):  # not silently a local folder "gs:"
-        split_arguments({**TRAIN, "out": "gs://bucket/r"})
+    with pytest.raises(ConfigError, match="out: s3://bucket/r is neither a local folder nor gs://"):
+        split_arguments({**TRAIN, "out": "s3://bucket/r"})  # not silently a local folder named "s3:"
 
 
 def test_cli_dry_run_prints_the_spec():

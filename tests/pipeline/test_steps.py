@@ -171,9 +171,9 @@ def test_a_retry_does_not_validate_unchanged_rejected_data_again(tmp_path):
     assert context.failures() == []  # the attempt that worked clears the earlier attempts' record
 
 
-def test_cluster_launchers_are_refused_before_anything_starts(tmp_path):
+def test_cluster_launchers_need_a_gcs_output_root(tmp_path):
     context = PipelineContext(run_id="r8", output_root=str(tmp_path))
-    with pytest.raises(ConfigError, match="launcher: pytorchjob runs training in pods"):
+    with pytest.raises(ConfigError, match="launcher=pytorchjob trains in pods that cannot write this task's disk"):
         steps.distill(context, manifest_uri="m.jsonl", student="torchvision/resnet18", teacher="dinov2/vits14",
                       launcher="pytorchjob")  # fmt: skip
     assert context.failures()[0]["step"] == "distill"
@@ -181,3 +181,18 @@ def test_cluster_launchers_are_refused_before_anything_starts(tmp_path):
         steps.job_settings("kueue_queue=-starts-with-a-dash shm_size=lots", gpu_type="nvidia-l4")
     assert len(error.value.problems) == 2 and all(p.startswith("launch_args: ") for p in error.value.problems)
     assert steps.job_settings("service_account=kd kueue_queue=gpu", gpu_type="nvidia-l4").gpu_type == "nvidia-l4"
+
+
+def test_distill_with_a_gcs_output_root_trains_into_the_bucket(tmp_path, gcs_bucket):
+    write_images(tmp_path / "images", 20)
+    context = PipelineContext(run_id="r9", output_root=f"gs://{gcs_bucket.name}/runs")
+    manifest = steps.validate(context, dataset_uri=str(tmp_path / "images")).manifest_uri
+    result = steps.distill(
+        context, manifest_uri=manifest, student="torchvision/resnet18", teacher="dinov2/vits14", teacher_weights="none",
+        epochs=1, batch_size=8, image_size=28, gpus_per_node=1, train_args="accelerator=cpu num_workers=0",
+    )  # fmt: skip
+    out = f"gs://{gcs_bucket.name}/runs/r9/distill"
+    assert result.run_uri == out and result.metadata["run_uri"] == out and result.metadata["steps"] == 2
+    assert storage.exists(f"{out}/exported/student.pt") and storage.exists(f"{out}/checkpoints/step-00000002.pt")
+    assert result.model_file.read_bytes() == storage.read_bytes(f"{out}/exported/student.pt")
+    assert {p.name for p in result.training_folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "student.json"}

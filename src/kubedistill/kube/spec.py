@@ -69,13 +69,15 @@ def split_arguments(values: Mapping[str, Any]) -> tuple[LaunchConfig, dict[str, 
     return config, train
 
 
-def durability_warning(train_args: Mapping[str, Any]) -> str:
-    """The warning for ``out``, a path inside the pods: outputs there vanish with the pods unless a volume
-    that every node shares is mounted at it."""
+def durability_warning(train_args: Mapping[str, Any]) -> str | None:
+    """A warning when ``out`` is a path inside the pods: outputs there vanish with the pods unless a volume that
+    every node shares is mounted at it. None for gs:// (rank 0 writes the run to the bucket)."""
     out = str(train_args.get("out", ""))
+    if out.startswith("gs://"):
+        return None
     return (
-        f"out={out} is a path inside the pods: unless a volume every node shares is mounted there (GCS FUSE, "
-        "Filestore), the run's checkpoints and export are lost with the pods"
+        f"out={out} is a path inside the pods: unless a volume every node shares is mounted there, the run's "
+        "checkpoints and export are lost with the pods; out=gs://bucket/prefix keeps them"
     )
 
 

@@ -214,24 +214,19 @@ def distill(
             epochs=epochs, batch_size=batch_size, image_size=image_size, train_args=train_args,
             mlflow=context.step_mlflow("distill", parent),
         )  # fmt: skip
-        if launcher != "local":
-            raise ConfigError([
-                f"launcher: {launcher} runs training in pods that cannot write this task's disk, so the run folder "
-                "must be gs://; train's gs:// run folders are not available in this version: use launcher=local "
-                "(or `kubedistill launch` with a volume every node shares)"
-            ])  # fmt: skip
         launch = get_launcher(launcher, job_settings(launch_args, gpu_type=gpu_type))
         out_uri = context.step_uri("distill")
-        with _local_folder(out_uri) as out:
-            values["out"] = str(out)
-            _check_train_values(values)
-            request = LaunchRequest(
-                name=job_name(context.run_id), train_args=values, nodes=nodes, procs_per_node=gpus_per_node,
-                gpu_type=gpu_type,
-            )  # fmt: skip
-            launch.run(request)
-            outputs = _read_training_run(out, out_uri)
-        return outputs
+        if launcher != "local" and not storage.is_gcs(out_uri):
+            raise ConfigError([
+                f"output_root: {context.output_root} is a local folder, but launcher={launcher} trains in pods that "
+                "cannot write this task's disk: give a gs://bucket/prefix"
+            ])  # fmt: skip
+        values["out"] = out_uri  # rank 0 writes there itself, a bucket included
+        _check_train_values(values)
+        request = LaunchRequest(name=job_name(context.run_id), train_args=values, nodes=nodes,
+                                procs_per_node=gpus_per_node, gpu_type=gpu_type)  # fmt: skip
+        launch.run(request)
+        return _read_training_run(out_uri)
 
 
 def job_settings(launch_args: str, *, gpu_type: str):
@@ -284,30 +279,31 @@ def _check_train_values(values: Mapping[str, Any]) -> None:
     build_train_config(dict(values))
 
 
-def _read_training_run(out: Path, out_uri: str) -> DistillOutputs:
-    """The exported student and the run's record, copied out of ``out`` (which may be a temporary folder)."""
-    exported = out / "exported" / "student.pt"
-    if not exported.is_file():
-        raise DataError(f"training finished without {exported}: see {out / 'train.log'}")
+def _read_training_run(out_uri: str) -> DistillOutputs:
+    """The exported student and the run's record, copied out of the run folder (local or gs://)."""
     keep = Path(tempfile.mkdtemp(prefix="kubedistill-distill-"))
     model_file = keep / "student.pt"
-    shutil.copy2(exported, model_file)
+    exported = storage.join(out_uri, "exported", "student.pt")
+    if not storage.exists(exported):
+        raise DataError(f"training finished without {exported}: see {storage.join(out_uri, 'train.log')}")
+    storage.fetch(exported, model_file)
     training = keep / "training"
     for name in TRAINING_FILES:
-        if (out / name).is_file():
-            (training / Path(name).name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(out / name, training / Path(name).name)
-    config = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    return DistillOutputs(model_file, training, out_uri, model_metadata(config, out, out_uri))
+        uri = storage.join(out_uri, *name.split("/"))
+        if storage.exists(uri):
+            storage.fetch(uri, training / Path(name).name)
+    config = yaml.safe_load((training / "config.yaml").read_text()) or {}
+    return DistillOutputs(model_file, training, out_uri, model_metadata(config, training, out_uri))
 
 
-def model_metadata(config: Mapping[str, Any], out: Path, out_uri: str) -> dict[str, Any]:
-    """The Model artifact's metadata: what was trained, from what, how far, and where its run lives."""
-    exported = json.loads((out / "exported" / "student.json").read_text())
+def model_metadata(config: Mapping[str, Any], training: Path, out_uri: str) -> dict[str, Any]:
+    """The Model artifact's metadata: what was trained, from what, how far, and where its run lives
+    (``training``: a local copy of the run's records, as the distill step keeps them)."""
+    exported = json.loads((training / "student.json").read_text())
     resolved = config.get("resolved") or {}
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in (training / "metrics.jsonl").read_text().splitlines() if line.strip()]
     method_args = config.get("method_args") or {}
-    mlflow_run = out / "mlflow_run.json"
+    mlflow_run = training / "mlflow_run.json"
     return {
         "student": exported["model"],
         "teacher": method_args.get("teacher"),
