@@ -269,6 +269,14 @@ def exists(uri: str) -> bool:
     return to_local_path(uri).exists()
 
 
+def localize(uri: str, folder: str | os.PathLike[str], name: str | None = None) -> Path:
+    """A local path for ``uri``: the path itself when local; for gs:// a copy in ``folder`` (``name``, default
+    the object's base name). StorageError names the URI when it cannot be read."""
+    if not is_remote(uri):
+        return to_local_path(uri)
+    return fetch(uri, Path(folder) / (name or posixpath.basename(uri.rstrip("/"))))
+
+
 def upload_file(path: str | os.PathLike[str], uri: str, *, content_type: str | None = None) -> None:
     """Copy a local file to ``uri`` (local: atomically; gs://: a GCS object appears only once complete, and
     large files go up in resumable chunks instead of through memory)."""

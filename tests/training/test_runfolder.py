@@ -11,7 +11,7 @@ import yaml
 
 import kubedistill
 from kubedistill import storage
-from kubedistill.errors import OutputDirError
+from kubedistill.errors import OutputDirError, StorageError
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint
 from kubedistill.training.runfolder import staging_dir
 
@@ -79,3 +79,30 @@ def test_checkpoints_carry_the_rng_and_the_configuration(tmp_path, image_folder)
     assert state["rng"]["cuda"] is None  # a CPU run
     assert json.dumps(state["config"])  # plain values
     assert not any(key.startswith(("mlflow.", "loader_args.")) for key in state["config"])
+
+
+def test_probe_and_register_read_the_run_from_the_bucket(tmp_path, gcs_bucket, mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from ..evaluation.conftest import write_labeled_images
+
+    monkeypatch.setenv("KUBEDISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    train = write_labeled_images(tmp_path / "train", 6, seed=0)
+    val = write_labeled_images(tmp_path / "val", 3, seed=1)
+    out = f"gs://{gcs_bucket.name}/runs/registered"
+    kubedistill.train(out=out, data=train, max_steps=2, **FAST)
+    probed = kubedistill.probe(checkpoint=f"{out}/exported/student.pt", train=train, val=val, out=tmp_path / "probe",
+                               num_workers=0)  # fmt: skip
+    assert probed.metrics["num_val"] == 18
+    storage.upload_file(tmp_path / "probe" / "metrics.json", f"{out}/probe/metrics.json")
+    result = kubedistill.register(model=f"{out}/exported/student.pt", metrics=f"{out}/probe/metrics.json",
+                                  name="from-the-bucket", tracking_uri=mlflow_server)  # fmt: skip
+    assert (result.version, result.alias, result.created) == (1, "champion", True)
+    tags = MlflowClient(mlflow_server).get_model_version("from-the-bucket", "1").tags
+    config = yaml.safe_load(storage.read_bytes(f"{out}/config.yaml"))
+    assert tags["kubedistill.student"] == "torchvision/resnet18"
+    assert tags["kubedistill.teacher"] == "dinov2/vits14" and tags["kubedistill.config_hash"] != "unknown"
+    assert tags["kubedistill.data"] == config["data"]
+    with pytest.raises(StorageError, match=r"exported/missing\.pt not found: the bucket .* does not exist"):
+        kubedistill.register(model=f"{out}/exported/missing.pt", metrics=f"{out}/probe/metrics.json",
+                             name="from-the-bucket", tracking_uri=mlflow_server)  # fmt: skip

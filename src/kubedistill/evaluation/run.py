@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from kubedistill import storage
 from kubedistill.data.datasets import resolve_num_workers
 from kubedistill.data.manifest import load_labeled
 from kubedistill.evaluation.features import extract_features, resolve_device
@@ -98,7 +100,8 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     """Load the student, extract train and val features once, run the probes, write and log the results."""
     from kubedistill.tracking.steps import log_probe
 
-    student = load_student(config.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="kubedistill-probe-") as folder:  # a gs:// checkpoint is fetched
+        student = load_student(storage.localize(config.checkpoint, folder))
     device = resolve_device(config.device)
     workers = resolve_num_workers(config.num_workers, compute_on_cpu=device.type == "cpu")
     train_uris, train_labels = load_labeled(config.train)

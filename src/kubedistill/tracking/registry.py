@@ -8,21 +8,24 @@ the version made the first time instead of creating another.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kubedistill import storage
 from kubedistill.errors import ConfigError
 from kubedistill.storage import sha256_file
 from kubedistill.tracking.config import ENV_PARENT_RUN_ID, MLflowArgs, TrackingTarget, resolve_target
-from kubedistill.tracking.lineage import config_hash, dataset_fingerprint, read_training_run
+from kubedistill.tracking.lineage import RUN_FILE, config_hash, dataset_fingerprint, read_training_run
 from kubedistill.tracking.runs import StepRun, TrackingError, make_client, wait_until_reachable
 
 logger = logging.getLogger(__name__)
@@ -53,13 +56,14 @@ class RegisterConfig:
 
     def problems(self) -> list[str]:
         found = []
-        if not Path(self.model).is_file():
+        # gs:// files are checked when they are fetched (StorageError names the URI).
+        if not storage.is_gcs(self.model) and not Path(self.model).is_file():
             found.append(f"model: {self.model} is not a file; give the exported student (out/exported/student.pt)")
-        if not Path(self.metrics).is_file():
+        if not storage.is_gcs(self.metrics) and not Path(self.metrics).is_file():
             found.append(f"metrics: {self.metrics} is not a file; give the probe's metrics.json")
         if not _NAME_RE.match(self.name or ""):
             found.append(f"name: {self.name!r} must start with a letter or digit and use only letters, digits, _ . -")
-        if self.train_dir is not None and not (Path(self.train_dir) / "config.yaml").is_file():
+        if self.train_dir is not None and not storage.is_gcs(self.train_dir) and not (Path(self.train_dir) / "config.yaml").is_file():
             found.append(f"train_dir: {self.train_dir} has no config.yaml; give the training run's output folder")
         if not 0.0 <= self.min_top1 <= 1.0:
             found.append(f"min_top1: must be a fraction in [0, 1], got {self.min_top1}")
@@ -82,6 +86,30 @@ class RegistrationResult:
 
 
 def register_model(config: RegisterConfig) -> RegistrationResult:
+    with tempfile.TemporaryDirectory(prefix="kubedistill-register-") as folder:
+        return _register(_local_inputs(config, Path(folder)))
+
+
+def _local_inputs(config: RegisterConfig, folder: Path) -> RegisterConfig:
+    """``config`` with gs:// inputs (a run folder in a bucket) copied into ``folder``, laid out as a run folder:
+    exported/student.pt(+.json), config.yaml and mlflow_run.json (lineage), metrics.json."""
+    if not any(storage.is_gcs(v) for v in (config.model, config.metrics, config.train_dir or "")):
+        return config
+    model = storage.localize(config.model, folder / "exported", "student.pt")
+    meta = config.model.rsplit(".", 1)[0] + ".json"
+    if storage.is_gcs(meta) and storage.exists(meta):
+        storage.fetch(meta, folder / "exported" / "student.json")
+    train_dir = config.train_dir or (config.model.rsplit("/", 2)[0] if storage.is_gcs(config.model) else None)
+    if train_dir and storage.is_gcs(train_dir):
+        for name in ("config.yaml", RUN_FILE):
+            if storage.exists(storage.join(train_dir, name)):
+                storage.fetch(storage.join(train_dir, name), folder / name)
+        train_dir = str(folder)
+    metrics = storage.localize(config.metrics, folder, "metrics.json")
+    return dataclasses.replace(config, model=str(model), metrics=str(metrics), train_dir=train_dir)
+
+
+def _register(config: RegisterConfig) -> RegistrationResult:
     metrics = _read_metrics(config)
     value = float(metrics[config.metric])
     target = _target(config)
