@@ -76,7 +76,7 @@ def _local_folder(uri: str) -> Iterator[Path]:
 def upload_folder(folder: Path, uri: str) -> None:
     """Copy every file below ``folder`` to ``uri`` (same relative paths)."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        storage.write_bytes(storage.join(uri, *path.relative_to(folder).parts), path.read_bytes())
+        storage.upload_file(path, storage.join(uri, *path.relative_to(folder).parts))
 
 
 # ----------------------------------------------------------------------------------------------- validate
