@@ -16,7 +16,7 @@ LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow lint compile demo bench-train bench-probe bench-quality bench-speed clean
+.PHONY: help setup test test-slow lint compile demo wheel images push bench-train bench-probe bench-quality bench-speed clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,30 @@ compile: setup ## Compile the pipeline to pipelines/distillation_pipeline.yaml (
 
 demo: setup ## Run the compiled pipeline end to end with kfp.local, a local MLflow and a known teacher (~5 min)
 	$(PY) -m pipelines.demo $(DEMO_ARGS)
+
+# Image names and tags come from kubedistill/pipeline/images.py (REGISTRY overrides the registry, as
+# KUBEDISTILL_IMAGE_REGISTRY does for `make compile`); the base image is pinned by digest in images/base-image.
+DOCKER ?= docker
+REGISTRY ?=
+IMAGES_PY = KUBEDISTILL_IMAGE_REGISTRY=$(REGISTRY) $(PY) -c "from kubedistill.pipeline import images as i; print(i.$(1))"
+VERSION_PY = $(PY) -c "import kubedistill; print(kubedistill.__version__)"
+
+wheel: setup ## Build dist/kubedistill-<version>-py3-none-any.whl (what both images install)
+	rm -f dist/kubedistill-*.whl
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
+images: setup ## Build the trainer and components images (needs a docker daemon; says so when there is none)
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images: no docker daemon here ('$(DOCKER) info' failed). Build the images where docker runs (a workstation, CI), then make push REGISTRY=..." >&2; exit 1; }
+	$(MAKE) wheel
+	$(DOCKER) build -f images/trainer/Dockerfile --build-arg BASE_IMAGE=$$(cat images/base-image) \
+		--build-arg VERSION=$$($(VERSION_PY)) -t $$($(call IMAGES_PY,TRAINER_IMAGE)) .
+	$(DOCKER) build -f images/components/Dockerfile --build-arg BASE_IMAGE=$$(cat images/base-image) \
+		--build-arg VERSION=$$($(VERSION_PY)) -t $$($(call IMAGES_PY,COMPONENTS_IMAGE)) .
+
+push: images ## Push both images: make push REGISTRY=europe-docker.pkg.dev/PROJECT/REPO (then compile with it)
+	@test -n "$(REGISTRY)" || { echo "make push: give REGISTRY=<registry/path> (and compile the pipeline with KUBEDISTILL_IMAGE_REGISTRY set to it)" >&2; exit 2; }
+	$(DOCKER) push $$($(call IMAGES_PY,TRAINER_IMAGE))
+	$(DOCKER) push $$($(call IMAGES_PY,COMPONENTS_IMAGE))
 
 bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
 	$(PY) benchmarks/train_speed.py

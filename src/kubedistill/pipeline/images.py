@@ -11,7 +11,7 @@ import os
 from kubedistill import __version__
 
 DEFAULT_REGISTRY = "ghcr.io/kubedistill"
-REGISTRY = os.environ.get("KUBEDISTILL_IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
+REGISTRY = (os.environ.get("KUBEDISTILL_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
 TAG = __version__
 
 # The KFP components' image: python3, the exact kfp version the pipeline is compiled with, kubedistill (CPU).
