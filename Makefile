@@ -16,7 +16,7 @@ LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow lint compile demo wheel images push bench-train bench-probe bench-quality bench-speed clean
+.PHONY: help setup test test-slow lint compile demo wheel images push submit schedule bench-train bench-probe bench-quality bench-speed clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ push: images ## Push both images: make push REGISTRY=europe-docker.pkg.dev/PROJE
 	@test -n "$(REGISTRY)" || { echo "make push: give REGISTRY=<registry/path> (and compile the pipeline with KUBEDISTILL_IMAGE_REGISTRY set to it)" >&2; exit 2; }
 	$(DOCKER) push $$($(call IMAGES_PY,TRAINER_IMAGE))
 	$(DOCKER) push $$($(call IMAGES_PY,COMPONENTS_IMAGE))
+
+submit: setup ## Run the pipeline on $$KFP_ENDPOINT and wait; exit 0 only if it SUCCEEDED (SUBMIT_ARGS="--params-file ...")
+	$(PY) -m pipelines.submit $(SUBMIT_ARGS)
+
+schedule: setup ## Upload the pipeline as a new version and (re)create the nightly run (SCHEDULE_ARGS="--cron ...")
+	$(PY) -m pipelines.schedule $(SCHEDULE_ARGS)
 
 bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
 	$(PY) benchmarks/train_speed.py

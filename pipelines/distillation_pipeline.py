@@ -84,7 +84,8 @@ def distillation_pipeline(
     finalize = finalize_run(**run).set_display_name("Record the run's outcome").set_caching_options(False)
     with dsl.ExitHandler(finalize, name="distill-and-register"):
         validated = (
-            validate_dataset(dataset_uri=dataset_uri, max_bad_fraction=max_bad_fraction, **run)
+            validate_dataset(dataset_uri=dataset_uri, max_bad_fraction=max_bad_fraction,
+                             scheduled_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, **run)
             .set_display_name("Validate the dataset")
             .set_caching_options(False)  # a nightly run with the same URI must see new files
             .set_retry(**RETRIES)

@@ -58,3 +58,10 @@ def test_tracking_off_without_a_server(monkeypatch):
     assert context.step_mlflow("validate", None).enabled is False
     with pytest.raises(ConfigError, match="registering a model needs an MLflow server"):
         context.tracking_target(required=True)
+
+
+def test_the_scheduled_time_of_a_recurring_run_and_none_for_a_manual_one():
+    scheduled = PipelineContext.of("r1", "/tmp/x", "n", "", "", "", "2026-12-01T02:00:00Z")
+    assert scheduled.scheduled_time == "2026-12-01T02:00:00Z"
+    manual = PipelineContext.of("r1", "/tmp/x", "n", "", "", "", "{{$.pipeline_job_schedule_time_utc}}")
+    assert manual.scheduled_time == ""  # left unresolved (kfp.local) means: not a scheduled run

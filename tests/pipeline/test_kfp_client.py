@@ -115,3 +115,20 @@ def test_cron_needs_six_fields(kfp, capsys):
     assert schedule_cli.main(["--cron", "0 2 * * *"]) == kfp_client.EXIT_USAGE
     assert "KFP wants 6, seconds first" in capsys.readouterr().err
     assert not kfp.requests  # refused before talking to the server
+
+
+def test_the_ci_arguments_are_parameters_of_the_pipeline():
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from pipelines.distillation_pipeline import distillation_pipeline
+
+    root = Path(__file__).resolve().parents[2]
+    arguments = yaml.safe_load((root / "ci" / "retrain.yaml").read_text())
+    assert set(arguments) <= set(inspect.signature(distillation_pipeline.pipeline_func).parameters)
+    workflow = yaml.safe_load((root / ".github" / "workflows" / "retrain.yml").read_text())
+    (step,) = [s for s in workflow["jobs"]["submit"]["steps"] if "run" in s]
+    assert "make submit" in step["run"] and "ci/retrain.yaml" in step["run"]
+    assert step["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"  # from a secret, never in the file

@@ -126,6 +126,7 @@ def test_pipeline_runs_every_step_and_records_it(tmp_path, labeled, mlflow_serve
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.tags["kfp.run_id"] == run.run_id
+    assert "kfp.scheduled_time" not in parent.data.tags  # a manual run
     assert parent.info.status == "FINISHED" and parent.data.tags["kubedistill.pipeline_state"] == "SUCCEEDED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["kubedistill.step"] for r in children) == sorted(STEPS)

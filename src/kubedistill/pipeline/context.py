@@ -42,6 +42,7 @@ class PipelineContext:
     tracking_uri: str = ""
     experiment: str = DEFAULT_EXPERIMENT
     kfp_ui_url: str = ""
+    scheduled_time: str = ""  # a recurring run's scheduled time (dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
     _parent: list = field(default_factory=list, repr=False, compare=False)  # cache: [PipelineRunRef | None]
 
     def __post_init__(self) -> None:
@@ -60,10 +61,13 @@ class PipelineContext:
 
     @classmethod
     def of(cls, run_id: str, output_root: str, run_name: str, tracking_uri: str, experiment: str,
-           kfp_ui_url: str) -> PipelineContext:  # fmt: skip
-        """From the pipeline parameters every component takes, in the order the components declare them."""
+           kfp_ui_url: str, scheduled_time: str = "") -> PipelineContext:  # fmt: skip
+        """From the pipeline parameters every component takes, in the order the components declare them.
+        ``scheduled_time``: set by KFP for a recurring run; a placeholder left unresolved (a manual run, or
+        kfp.local) or an empty value means none."""
+        scheduled = "" if scheduled_time.startswith("{{") else scheduled_time
         return cls(run_id=run_id, output_root=output_root, run_name=run_name, tracking_uri=tracking_uri,
-                   experiment=experiment or DEFAULT_EXPERIMENT, kfp_ui_url=kfp_ui_url)  # fmt: skip
+                   experiment=experiment or DEFAULT_EXPERIMENT, kfp_ui_url=kfp_ui_url, scheduled_time=scheduled)  # fmt: skip
 
     @property
     def run_uri(self) -> str:
@@ -101,7 +105,8 @@ class PipelineContext:
         if target is not None:
             try:
                 ref = open_pipeline_run(
-                    target, kfp_run_id=self.run_id, kfp_run_name=self.run_name, kfp_run_url=self.kfp_run_link
+                    target, kfp_run_id=self.run_id, kfp_run_name=self.run_name, kfp_run_url=self.kfp_run_link,
+                    scheduled_time=self.scheduled_time,
                 )
             except TrackingError as e:
                 if required:

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 KFP_RUN_ID_TAG = "kfp.run_id"
 KFP_RUN_NAME_TAG = "kfp.run_name"
 KFP_RUN_URL_TAG = "kfp.run_url"
+KFP_SCHEDULED_TIME_TAG = "kfp.scheduled_time"
 STATE_TAG = "kubedistill.pipeline_state"
 FAILED_STEP_TAG = "kubedistill.failed_step"
 FAILURE_TAG = "kubedistill.failure"
@@ -50,6 +51,7 @@ def open_pipeline_run(
     kfp_run_id: str,
     kfp_run_name: str = "",
     kfp_run_url: str = "",
+    scheduled_time: str = "",
     params: Mapping[str, Any] | None = None,
 ) -> PipelineRunRef:
     """The parent run of KFP run ``kfp_run_id``: KFP's plugin's, an existing one tagged with the id, or a new one.
@@ -67,6 +69,8 @@ def open_pipeline_run(
         if found is not None:
             return PipelineRunRef(target.tracking_uri, found, owned_by_kfp=False)
         tags = {KFP_RUN_ID_TAG: kfp_run_id, KFP_RUN_NAME_TAG: kfp_run_name, STATE_TAG: "RUNNING"}
+        if scheduled_time:  # a recurring run: which night's run this is
+            tags[KFP_SCHEDULED_TIME_TAG] = scheduled_time
         if kfp_run_url:
             tags[KFP_RUN_URL_TAG] = kfp_run_url
             tags["mlflow.note.content"] = f"KFP run: [{kfp_run_name or kfp_run_id}]({kfp_run_url})"
