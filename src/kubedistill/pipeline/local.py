@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def run_locally(
     output_root = Path(arguments["output_root"])
     before = _run_dirs(output_root)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    pipeline = components.load_component_from_file(str(compiled))
+    pipeline = components.load_component_from_file(str(_for_kfp_local(Path(compiled))))
     error: Exception | None = None
     with warnings.catch_warnings(), _captured_output(log_file, echo):
         # Our components image is not named "python"; locally the components run in this environment anyway.
@@ -118,6 +119,24 @@ def _captured_output(log_file: str | Path | None, echo: Callable[[str], None] | 
         with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
             yield
         stream.flush()
+
+
+# Placeholders KFP fills in on a cluster that kfp.local does not know (it fails on them): a local run has no
+# scheduled time.
+_UNKNOWN_TO_KFP_LOCAL = {"{{$.pipeline_job_schedule_time_utc}}": ""}
+
+
+def _for_kfp_local(compiled: Path) -> Path:
+    """``compiled`` with the placeholders kfp.local cannot resolve replaced by what they mean locally (a copy in
+    a temporary folder; the committed file is what KFP gets)."""
+    text = compiled.read_text()
+    if not any(placeholder in text for placeholder in _UNKNOWN_TO_KFP_LOCAL):
+        return compiled
+    for placeholder, value in _UNKNOWN_TO_KFP_LOCAL.items():
+        text = text.replace(placeholder, value)
+    local = Path(tempfile.mkdtemp(prefix="kubedistill-kfp-local-")) / compiled.name
+    local.write_text(text)
+    return local
 
 
 def _run_dirs(root: Path) -> set[Path]:
