@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kubedistill import storage
 from kubedistill.errors import OutputDirError
-from kubedistill.training.checkpoint import LAST, periodic_checkpoints
+from kubedistill.training.checkpoint import LAST
 from kubedistill.training.outdir import OutputLayout, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,6 @@ class RunFolder:
         shutil.copyfile(local, last)
         logger.info("resuming from %s (copied to %s)", checkpoint_uri, local)
         return last
-
-    def local_checkpoints(self) -> list[Path]:
-        return periodic_checkpoints(self.layout.checkpoints)
 
 
 def staging_dir(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
