@@ -9,7 +9,7 @@ from kubedistill.methods.distillation.args import AdamWArgs, LARSArgs, scaled_lr
 from kubedistill.training.optim import (
     LARS,
     build_optimizer,
-    resolve_warmup_epochs,
+    resolve_warmup_steps,
     split_decay_groups,
     warmup_cosine_schedule,
 )
@@ -24,10 +24,13 @@ def test_lr_scaling_rule_sqrt_of_batch_over_1536():
 
 
 def test_warmup_epochs_auto_is_min_of_10_and_a_tenth():
-    assert resolve_warmup_epochs("auto", 100) == 10
-    assert resolve_warmup_epochs("auto", 3000) == 10
-    assert resolve_warmup_epochs("auto", 20) == 2
-    assert resolve_warmup_epochs(3, 20) == 3
+    # auto = min(10 epochs, 10% of the steps the run takes); 50 steps per epoch here
+    assert resolve_warmup_steps("auto", steps_per_epoch=50, total_steps=100 * 50) == 500  # 10 epochs
+    assert resolve_warmup_steps("auto", steps_per_epoch=50, total_steps=3000 * 50) == 500
+    assert resolve_warmup_steps("auto", steps_per_epoch=50, total_steps=20 * 50) == 100  # 2 epochs = 10%
+    assert resolve_warmup_steps("auto", steps_per_epoch=50, total_steps=30) == 3  # capped by max_steps
+    assert resolve_warmup_steps(3, steps_per_epoch=50, total_steps=20 * 50) == 150
+    assert resolve_warmup_steps(3, steps_per_epoch=50, total_steps=30) == 30
 
 
 def test_schedule_at_chosen_steps():

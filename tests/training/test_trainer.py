@@ -182,3 +182,20 @@ def test_bf16_runs_the_student_channels_last_and_stores_the_frozen_teacher_in_bf
         assert all(torch.isfinite(torch.tensor(r["loss"])) for r in _metrics(tmp_path / "out"))
     finally:
         trainer.cleanup()
+
+
+def test_a_run_capped_by_max_steps_warms_up_and_decays_within_its_steps(tmp_path, image_folder):
+    """epochs=100 but max_steps=20: the schedule spans the 20 steps the run takes (warmup = min(10 epochs, 10% of
+    them), then cosine to min_lr_ratio x lr), read from the run's own metrics.jsonl and config.yaml."""
+    out = tmp_path / "run"
+    _train(out, image_folder, epochs=100, max_steps=20, log_every_n_steps=1, optim="adamw", optim_args={"lr": 1e-3},
+           method_args={**FAST["method_args"], "lr_scale_method": "none"})  # fmt: skip
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    resolved, ratio = config["resolved"], config["optim_args"]["min_lr_ratio"]
+    assert (resolved["total_steps"], resolved["warmup_steps"], resolved["lr"]) == (20, 2, 1e-3)
+    lrs = [record["lr"] for record in _metrics(out)]
+    assert len(lrs) == 20
+    assert lrs[:2] == pytest.approx([0.5e-3, 1e-3])  # step 1 and 2: warmup
+    assert lrs[-1] == pytest.approx(1e-3 * ratio)  # the last step ends the cosine
+    assert lrs[2] == pytest.approx(1e-3)  # the cosine starts at the peak
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # then decays every step

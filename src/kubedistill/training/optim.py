@@ -133,9 +133,21 @@ def warmup_cosine_schedule(
     return schedule
 
 
-def resolve_warmup_epochs(warmup_epochs: float | str, epochs: int) -> float:
-    """``auto`` = min(10, epochs / 10)."""
-    return min(10.0, epochs / 10) if warmup_epochs == "auto" else float(warmup_epochs)
+AUTO_WARMUP_EPOCHS = 10.0
+AUTO_WARMUP_FRACTION = 0.1
+
+
+def resolve_warmup_steps(warmup_epochs: float | str, *, steps_per_epoch: int, total_steps: int) -> int:
+    """Warmup steps of a run that takes ``total_steps`` steps (``max_steps`` may stop it before its epochs end).
+
+    ``auto`` = min(10 epochs, 10% of the steps the run takes), so a capped run still warms up briefly and then
+    decays; a number of epochs is taken as given (at most the whole run).
+    """
+    if warmup_epochs == "auto":
+        steps = min(AUTO_WARMUP_EPOCHS * steps_per_epoch, AUTO_WARMUP_FRACTION * total_steps)
+    else:
+        steps = float(warmup_epochs) * steps_per_epoch
+    return min(round(steps), total_steps)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -32,7 +32,7 @@ from kubedistill.training import distributed
 from kubedistill.training.allocator import tune_glibc_malloc
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
-from kubedistill.training.optim import build_optimizer, resolve_warmup_epochs, set_lr, warmup_cosine_schedule
+from kubedistill.training.optim import build_optimizer, resolve_warmup_steps, set_lr, warmup_cosine_schedule
 from kubedistill.training.precision import cast_frozen_matmul_weights_, resolve_device, resolve_precision
 from kubedistill.training.runfolder import RunFolder
 
@@ -269,8 +269,9 @@ class Trainer:
         oargs = cfg.optim_args
         self.base_lr = scaled_lr(oargs.lr, cfg.batch_size, cfg.method_args)
         self.optimizer = build_optimizer([self.method.student, self.method.head], oargs, self.base_lr)
-        warmup_epochs = resolve_warmup_epochs(oargs.warmup_epochs, cfg.epochs)
-        self.warmup_steps = min(round(warmup_epochs * self.steps_per_epoch), self.total_steps)
+        self.warmup_steps = resolve_warmup_steps(
+            oargs.warmup_epochs, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
+        )
         self.schedule = warmup_cosine_schedule(
             base_lr=self.base_lr,
             total_steps=self.total_steps,
