@@ -199,3 +199,34 @@ def test_a_run_capped_by_max_steps_warms_up_and_decays_within_its_steps(tmp_path
     assert lrs[-1] == pytest.approx(1e-3 * ratio)  # the last step ends the cosine
     assert lrs[2] == pytest.approx(1e-3)  # the cosine starts at the peak
     assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # then decays every step
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:FutureWarning")
+def test_provenance_of_the_teacher_and_data_goes_everywhere(tmp_path, mlflow_server):
+    """The sha256 of the teacher file actually loaded, the teacher's name and the dataset fingerprint: in
+    config.yaml, in the exported student (both files) and on the MLflow run."""
+    from mlflow.tracking import MlflowClient
+    from torch import nn
+
+    from kubedistill import storage
+
+    from ..evaluation.conftest import write_labeled_images
+
+    teacher = tmp_path / "teacher.pt"
+    torch.jit.script(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 16))).save(str(teacher))
+    data = write_labeled_images(tmp_path / "images", 4, seed=0)
+    manifest = kubedistill.validate(data=data, out=tmp_path / "data").manifest
+    out = tmp_path / "run"
+    _train(out, manifest, max_steps=1, method_args={"teacher": str(teacher)},
+           mlflow={"tracking_uri": mlflow_server, "experiment_name": "provenance"})  # fmt: skip
+    expected = {"teacher": str(teacher), "teacher_sha256": storage.sha256_file(teacher),
+                "dataset_fingerprint": json.loads((tmp_path / "data" / "report.json").read_text())["fingerprint"]}
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
+    assert resolved["teacher_sha256"] == expected["teacher_sha256"]
+    assert resolved["data_fingerprint"] == expected["dataset_fingerprint"]
+    assert json.loads((out / "exported" / "student.json").read_text())["provenance"] == expected
+    assert torch.load(out / "exported" / "student.pt", weights_only=True)["provenance"] == expected
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    tags = MlflowClient(mlflow_server).get_run(run_id).data.tags
+    assert tags["kubedistill.teacher_sha256"] == expected["teacher_sha256"]
+    assert tags["kubedistill.dataset_fingerprint"] == expected["dataset_fingerprint"]

@@ -34,11 +34,16 @@ class StudentMetadata:
         }
 
 
-def export_student(student: Student, metadata: StudentMetadata, path: Path) -> None:
-    """Write ``path`` (weights + metadata, torch.save of plain types) and ``path.json`` (metadata for people)."""
-    payload = {"format": STUDENT_FORMAT, **metadata.to_dict(), "state_dict": student.state_dict()}
-    atomic_save(payload, path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"format": STUDENT_FORMAT, **metadata.to_dict()}, indent=2))
+def export_student(student: Student, metadata: StudentMetadata, path: Path,
+                   provenance: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write ``path`` (weights + metadata, torch.save of plain types) and ``path.json`` (metadata for people).
+
+    ``provenance``: what produced the weights (teacher name and the sha256 of its file, dataset fingerprint),
+    kept with them.
+    """
+    described = {"format": STUDENT_FORMAT, **metadata.to_dict(), **({"provenance": provenance} if provenance else {})}
+    atomic_save({**described, "state_dict": student.state_dict()}, path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(described, indent=2))
 
 
 class LoadedStudent(nn.Module):

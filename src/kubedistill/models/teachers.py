@@ -22,7 +22,7 @@ from torch import nn
 from kubedistill.errors import WeightsError
 from kubedistill.models.vit import DinoV2ViT, ViTConfig
 from kubedistill.models.weights import resolve_weights
-from kubedistill.storage import is_remote, to_local_path
+from kubedistill.storage import is_remote, sha256_file, to_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,17 @@ TEACHERS: dict[str, TeacherSpec] = {
 class Teacher(nn.Module):
     """A frozen backbone: (B, 3, H, W) normalized images -> (B, D) vectors, not L2-normalized.
 
-    Always in eval mode, even when a parent module calls ``.train()``. Attributes: ``name``, ``embed_dim``.
+    Always in eval mode, even when a parent module calls ``.train()``. Attributes: ``name``, ``embed_dim``,
+    ``sha256`` (of the weights file actually loaded; None for random weights).
     """
 
-    def __init__(self, backbone: nn.Module, *, name: str, embed_dim: int):
+    def __init__(self, backbone: nn.Module, *, name: str, embed_dim: int, sha256: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.name = name
         self.embed_dim = embed_dim
+        # The sha256 of the file the weights came from (provenance); None for random weights.
+        self.sha256 = sha256
         self.requires_grad_(False)
         self.eval()
 
@@ -102,6 +105,7 @@ def load_teacher(
         path = resolve_weights(str(weights or spec.url), sha256=sha256, cache_dir=cache_dir)
         backbone = load_dinov2_backbone(spec, path)
         logger.info("loaded teacher %s from %s", name, path)
+        return Teacher(backbone, name=name, embed_dim=spec.vit.embed_dim, sha256=sha256_file(path))
     return Teacher(backbone, name=name, embed_dim=spec.vit.embed_dim)
 
 
@@ -250,7 +254,7 @@ def _load_torchscript_teacher(
     module.eval()
     embed_dim = _probe_embed_dim(module, source)
     logger.info("loaded TorchScript teacher %s (%d-d) from %s", source, embed_dim, path)
-    return Teacher(module, name=source, embed_dim=embed_dim)
+    return Teacher(module, name=source, embed_dim=embed_dim, sha256=sha256_file(path))
 
 
 def _probe_embed_dim(module: nn.Module, source: str, size: int = 224) -> int:

@@ -194,6 +194,8 @@ def _lineage_tags(
         "kubedistill.dataset_fingerprint": fingerprint,
         "kubedistill.student": str(meta.get("model") or train_config.get("model") or "unknown"),
         "kubedistill.teacher": str((train_config.get("method_args") or {}).get("teacher", "unknown")),
+        "kubedistill.teacher_sha256": str((train_config.get("resolved") or {}).get("teacher_sha256")
+                                          or (meta.get("provenance") or {}).get("teacher_sha256") or "unknown"),
         "kubedistill.method": str(train_config.get("method", "unknown")),
         "kubedistill.config_hash": config_hash(train_config) if train_config else "unknown",
         "kubedistill.pipeline_run_id": target.parent_run_id or "none",

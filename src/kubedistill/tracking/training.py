@@ -82,6 +82,9 @@ def _tags(config: Mapping[str, Any]) -> dict[str, str]:
     fingerprint = dataset_fingerprint(config)
     if fingerprint:
         tags["kubedistill.dataset_fingerprint"] = fingerprint
+    teacher_sha256 = (config.get("resolved") or {}).get("teacher_sha256")
+    if teacher_sha256:
+        tags["kubedistill.teacher_sha256"] = teacher_sha256
     return tags
 
 

@@ -236,6 +236,7 @@ class Trainer:
             )
         self.queue_size = queue_size
         teacher = load_teacher(margs.teacher, weights=margs.teacher_weights, sha256=margs.teacher_sha256)
+        self.teacher_sha256 = teacher.sha256  # of the file actually loaded: provenance
         teacher.to(self.device)
         if self.precision.teacher_bf16:
             cast_frozen_matmul_weights_(teacher)
@@ -514,8 +515,13 @@ class Trainer:
             std=tuple(cfg.transform_args.normalize.std),
         )
         student: Student = self.method.student
-        export_student(student, metadata, self.layout.exported)
+        export_student(student, metadata, self.layout.exported, provenance=self.provenance())
         return self.layout.exported
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced this student: the teacher, its weights file's sha256, the data's fingerprint."""
+        return {"teacher": self.config.method_args.teacher, "teacher_sha256": self.teacher_sha256,
+                "dataset_fingerprint": self.data_fingerprint}  # fmt: skip
 
     def _tracked_artifacts(self) -> list[tuple[Path, str | None]]:
         """(file, MLflow artifact folder) pairs uploaded when the run ends."""
@@ -541,6 +547,7 @@ class Trainer:
             "device": str(self.device),
             "failed_images": self.failures.num_failed,
             "data_fingerprint": self.data_fingerprint,
+            "teacher_sha256": self.teacher_sha256,
             "remote_data": self.remote_mode,
         }
         return resolved
