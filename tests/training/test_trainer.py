@@ -135,6 +135,15 @@ def test_bad_arguments_are_reported_together_before_any_work(tmp_path, image_fol
     assert not (tmp_path / "run").exists()
 
 
+def test_too_few_images_for_the_auto_queue_say_what_to_do(tmp_path):
+    from ..conftest import write_images
+
+    write_images(tmp_path / "images", 16)
+    with pytest.raises(ConfigError, match=r"queue_size: 16 must be smaller than the number of images \(16\); "
+                                          r"queue_size=auto needs at least 17 images: add images"):  # fmt: skip
+        _train(tmp_path / "run", tmp_path / "images", max_steps=1)
+
+
 def test_queue_larger_than_dataset_is_an_error(tmp_path, image_folder):
     with pytest.raises(ConfigError, match="queue_size: 64 must be smaller than the number of images \\(64\\)"):
         _train(tmp_path / "run", image_folder, epochs=1, method_args={**FAST["method_args"], "queue_size": 64})

@@ -22,6 +22,7 @@ from kubedistill.data.transforms import DistillationTransform
 from kubedistill.errors import ConfigError, DataError, KubedistillError, OutputDirError
 from kubedistill.methods.distillation import Distillation, auto_queue_size
 from kubedistill.methods.distillation.args import scaled_lr
+from kubedistill.methods.distillation.queue import QUEUE_SIZE_TABLE
 from kubedistill.models.export import StudentMetadata, export_student, load_student
 from kubedistill.models.students import Student, build_student
 from kubedistill.models.teachers import load_teacher
@@ -228,12 +229,16 @@ class Trainer:
         cfg, margs = self.config, self.config.method_args
         queue_size = auto_queue_size(self.num_images) if margs.queue_size == "auto" else margs.queue_size
         if queue_size >= self.num_images:
-            raise ConfigError(
-                [
-                    f"method_args.queue_size: {queue_size} must be smaller than the number of images "
-                    f"({self.num_images}); set a smaller queue_size or use 'auto'"
-                ]
-            )
+            smallest = min(size for _, size in QUEUE_SIZE_TABLE)
+            fix = (
+                f"queue_size=auto needs at least {smallest + 1} images: add images (or set a queue_size below "
+                f"{self.num_images}, a queue that small teaches little)"
+                if margs.queue_size == "auto" else "set a smaller queue_size or use 'auto'"
+            )  # fmt: skip
+            raise ConfigError([
+                f"method_args.queue_size: {queue_size} must be smaller than the number of images "
+                f"({self.num_images}); {fix}"
+            ])  # fmt: skip
         self.queue_size = queue_size
         teacher = load_teacher(margs.teacher, weights=margs.teacher_weights, sha256=margs.teacher_sha256)
         self.teacher_sha256 = teacher.sha256  # of the file actually loaded: provenance
