@@ -284,10 +284,10 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 128
     num_workers: int | Literal["auto"] = "auto"
-    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"  # gpu = cuda (Lightning's name)
     devices: int | Literal["auto"] = "auto"
     num_nodes: int = 1
-    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-teacher"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-teacher", "16-mixed"] = "auto"
     seed: int = 0
     resume_interrupted: bool = False
     checkpoint: str | None = None

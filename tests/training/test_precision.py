@@ -5,6 +5,7 @@ from kubedistill.errors import ConfigError
 from kubedistill.models.teachers import load_teacher
 from kubedistill.training.precision import (
     cast_frozen_matmul_weights_,
+    configure_matmul,
     cpu_has_fast_bf16,
     resolve_device,
     resolve_precision,
@@ -15,11 +16,17 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize(
     ("name", "teacher", "student"),
-    [("32-true", False, False), ("bf16-teacher", True, False), ("bf16-mixed", True, True)],
-)
-def test_explicit_precisions(name, teacher, student):
+    [("32-true", torch.float32, torch.float32), ("bf16-teacher", torch.bfloat16, torch.float32),
+     ("bf16-mixed", torch.bfloat16, torch.bfloat16), ("16-mixed", torch.float16, torch.float16)],
+)  # fmt: skip
+def test_each_precision_computes_the_teacher_and_the_student_in_its_dtypes(name, teacher, student):
     plan = resolve_precision(name, CPU)
-    assert (plan.name, plan.teacher_bf16, plan.student_bf16) == (name, teacher, student)
+    layer, x = torch.nn.Linear(8, 8), torch.randn(2, 8)
+    with plan.teacher_autocast(CPU):
+        assert layer(x).dtype == teacher
+    with plan.student_autocast(CPU):
+        assert layer(x).dtype == student
+    assert plan.grad_scaler is (name == "16-mixed")  # fp16 gradients need loss scaling, bf16 ones do not
 
 
 def test_auto_on_cpu_follows_native_bf16(monkeypatch):
@@ -38,13 +45,41 @@ def test_autocast_contexts_change_matmul_dtype():
         assert (a @ a).dtype == torch.float32
 
 
-def test_fast_bf16_detection_returns_a_bool():
-    assert isinstance(cpu_has_fast_bf16(), bool)
+def test_fast_bf16_detection_matches_the_cpu_flags():
+    from pathlib import Path
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    assert cpu_has_fast_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_gpu_means_cuda_and_tf32_is_on_for_fp32_on_cuda():
+    with pytest.raises(ConfigError, match="cuda \\(gpu\\) was asked for but no CUDA device"):
+        resolve_device("gpu")
+    from kubedistill.config import build_train_config
+
+    assert build_train_config({"out": "o", "data": "d", "model": "torchvision/resnet18", "accelerator": "gpu"}).accelerator == "gpu"
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        configure_matmul(CPU, resolve_precision("32-true", CPU))
+        assert not torch.backends.cuda.matmul.allow_tf32  # nothing changes on a CPU
+        configure_matmul(torch.device("cuda"), resolve_precision("bf16-mixed", CPU))
+        assert not torch.backends.cuda.matmul.allow_tf32  # nor for mixed precision
+        configure_matmul(torch.device("cuda"), resolve_precision("32-true", CPU))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="accelerator: cuda was asked for but no CUDA device"):
+    with pytest.raises(ConfigError, match="accelerator: cuda \\(gpu\\) was asked for but no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto") == CPU
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,14 @@ def test_provenance_of_the_teacher_and_data_goes_everywhere(tmp_path, mlflow_ser
     tags = MlflowClient(mlflow_server).get_run(run_id).data.tags
     assert tags["kubedistill.teacher_sha256"] == expected["teacher_sha256"]
     assert tags["kubedistill.dataset_fingerprint"] == expected["dataset_fingerprint"]
+
+
+def test_fp16_with_loss_scaling_trains_and_checkpoints_its_scaler(tmp_path, image_folder):
+    """precision=16-mixed (GPUs without bf16) on the CPU: fp16 autocast, the GradScaler in the step and in the
+    checkpoint."""
+    out = tmp_path / "run"
+    result = _train(out, image_folder, max_steps=3, precision="16-mixed", log_every_n_steps=1)
+    assert result.steps == 3 and all(math.isfinite(r["loss"]) for r in _metrics(out))
+    scaler = load_checkpoint(out / "checkpoints" / "last.pt")["scaler"]
+    assert scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["resolved"]["precision"] == "16-mixed"

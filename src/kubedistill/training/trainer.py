@@ -34,7 +34,12 @@ from kubedistill.training.allocator import tune_glibc_malloc
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
 from kubedistill.training.optim import build_optimizer, resolve_warmup_steps, set_lr, warmup_cosine_schedule
-from kubedistill.training.precision import cast_frozen_matmul_weights_, resolve_device, resolve_precision
+from kubedistill.training.precision import (
+    cast_frozen_matmul_weights_,
+    configure_matmul,
+    resolve_device,
+    resolve_precision,
+)
 from kubedistill.training.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -95,6 +100,7 @@ class Trainer:
         resume_path = self._prepare_output()
         setup_logging(self.layout.train_log, main_process=self.is_main)
         self.precision = resolve_precision(cfg.precision, self.device)
+        configure_matmul(self.device, self.precision)
         if self.device.type == "cpu":
             tune_glibc_malloc()
         logger.info("device %s, precision %s, world size %d", self.device, self.precision.name, self.proc.world_size)
@@ -243,8 +249,8 @@ class Trainer:
         teacher = load_teacher(margs.teacher, weights=margs.teacher_weights, sha256=margs.teacher_sha256)
         self.teacher_sha256 = teacher.sha256  # of the file actually loaded: provenance
         teacher.to(self.device)
-        if self.precision.teacher_bf16:
-            cast_frozen_matmul_weights_(teacher)
+        if self.precision.teacher_dtype is not None:
+            cast_frozen_matmul_weights_(teacher, self.precision.teacher_dtype)
         student = build_student(cfg.model, image_size=tuple(cfg.transform_args.image_size))
         self.method = Distillation(
             student=student,
@@ -285,6 +291,8 @@ class Trainer:
             min_lr_ratio=oargs.min_lr_ratio,
         )
         self.trainable = [p for p in self.method.parameters() if p.requires_grad]
+        # Loss scaling for fp16 (16-mixed); with it off, scale/unscale_/step/update are plain pass-throughs.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
 
     def _load_initial_weights(self, source: str) -> None:
         """``checkpoint=PATH``: a new run starting from the student weights of an export or a training checkpoint."""
@@ -321,6 +329,8 @@ class Trainer:
         state = payload["state"]
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.failures.load_state_dict(state["failures"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.set_rng_state(state["rng"]["torch"])
@@ -454,11 +464,13 @@ class Trainer:
         )
         self._check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         clip = self.config.optim_args.gradient_clip_val
         if clip is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(self.trainable, clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when a scaled gradient overflowed (fp16)
+        self.scaler.update()
         self.step += 1
         return loss.detach()
 
@@ -499,6 +511,7 @@ class Trainer:
             "queue_size": self.queue_size,
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "failures": self.failures.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
