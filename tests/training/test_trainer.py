@@ -168,9 +168,24 @@ def test_global_batch_must_split_evenly_over_processes():
     assert problems == ["batch_size: the global batch 30 is not divisible by the world size 4"]
 
 
-def test_more_devices_without_torchrun_explains_how_to_launch():
+def test_several_nodes_without_a_launcher_explain_how_to_launch():
     problems = _world_problems(1, 1, devices=2, num_nodes=2)
-    assert len(problems) == 1 and "torchrun --nnodes=2 --nproc-per-node=2 -m kubedistill train" in problems[0]
+    assert len(problems) == 1 and "torchrun --nnodes=2 --nproc-per-node=<devices> -m kubedistill train" in problems[0]
+    assert _world_problems(1, 1, devices=2) == []  # one node: train() starts the processes itself
+
+
+def test_devices_2_starts_two_processes_without_torchrun(tmp_path, monkeypatch):
+    """What a LightlyTrain user does: devices=2 from Python, no torchrun; gloo on the CPU."""
+    from ..conftest import write_images
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    write_images(tmp_path / "images", 40)
+    result = _train(tmp_path / "run", tmp_path / "images", devices=2, batch_size=8, max_steps=3, log_every_n_steps=1)
+    assert result.steps == 3 and result.exported.is_file()
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
+    assert (resolved["world_size"], resolved["per_device_batch_size"]) == (2, 4)
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2, 3]  # rank 0 alone writes
 
 
 @pytest.mark.parametrize(("precision", "bf16"), [("bf16-mixed", True), ("32-true", False)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -171,6 +172,35 @@ def broadcast_int(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.long, device=device)
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
+
+
+def is_launched(environ: dict[str, str] | None = None) -> bool:
+    """Whether a launcher (torchrun, a PyTorchJob, our own local processes) started this process."""
+    env = os.environ if environ is None else environ
+    return any(v in env for v in TORCHRUN_VARS)
+
+
+def run_local_processes(nprocs: int, entrypoint: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """Run ``entrypoint(*args)`` in ``nprocs`` processes on this machine, as torchrun would (torch's elastic
+    launcher, in-process: c10d rendezvous on a free loopback port, no restarts); {local rank: return value}.
+
+    ``entrypoint`` and ``args`` must be picklable (the processes are spawned).
+    """
+    import socket
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # As torchrun does: without this every process starts one thread per core.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=f"kubedistill-{os.getpid()}",
+        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", max_restarts=0, monitor_interval=0.5,
+        start_method="spawn",
+    )  # fmt: skip
+    return elastic_launch(config, entrypoint)(*args)
 
 
 def broadcast_object(obj: Any) -> Any:

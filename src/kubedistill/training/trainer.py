@@ -127,11 +127,11 @@ class Trainer:
         cfg, world, local = self.config, self.proc.world_size, self.proc.local_world_size
         nodes = world // local
         problems = []
-        if world == 1 and ((cfg.devices != "auto" and cfg.devices > 1) or cfg.num_nodes > 1):
+        if world == 1 and cfg.num_nodes > 1:
             problems.append(
-                f"devices={cfg.devices} num_nodes={cfg.num_nodes} need one process per device: start with "
-                f"`torchrun --nnodes={cfg.num_nodes} --nproc-per-node={cfg.devices} -m kubedistill train ...` "
-                "(on a cluster, the PyTorchJob launcher does this)"
+                f"num_nodes={cfg.num_nodes} needs a launcher on every node: start "
+                f"`torchrun --nnodes={cfg.num_nodes} --nproc-per-node=<devices> -m kubedistill train ...` on each "
+                "(on a cluster, `kubedistill launch` or the pipeline's pytorchjob/trainjob launcher does this)"
             )
         elif world > 1 and ((cfg.devices not in ("auto", local)) or cfg.num_nodes not in (1, nodes)):
             logger.warning(
@@ -582,12 +582,37 @@ class Trainer:
         close_logging()
 
 
+def _train_in_process(values: dict[str, Any]) -> TrainResult:
+    """One of the processes ``run_training`` started (picklable: a module-level function of plain values)."""
+    from kubedistill.config import build_train_config
+
+    return run_training(build_train_config(values))
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """Seed of the per-step random draws of one rank (mixup's lambda and permutation)."""
     return ((seed * 1_000_003 + rank) * 2_147_483_647 + step) % (2**63 - 1)
 
 
+def processes_to_start(config: TrainConfig) -> int:
+    """How many processes this call must start itself: ``devices`` (or, with ``auto``, every visible GPU) when
+    no launcher started this one and there is more than one; 0 to train here."""
+    if distributed.is_launched():
+        return 0
+    devices = config.devices
+    if devices == "auto":
+        device = resolve_device(config.accelerator)
+        devices = torch.cuda.device_count() if device.type == "cuda" else 1
+    return devices if devices > 1 and config.num_nodes == 1 else 0
+
+
 def run_training(config: TrainConfig) -> TrainResult:
+    nprocs = processes_to_start(config)
+    if nprocs:
+        # devices=N without torchrun: start the N processes ourselves, as a LightlyTrain user expects.
+        logger.info("starting %d training processes on this machine (devices=%s)", nprocs, config.devices)
+        results = distributed.run_local_processes(nprocs, _train_in_process, to_dict(config))
+        return results[0]
     trainer = Trainer(config)
     try:
         trainer.setup()
