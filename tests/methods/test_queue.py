@@ -42,11 +42,17 @@ def test_fifo_order_newest_first_and_mask():
     assert queue.mask is None and queue.filled == 5
 
 
-def test_batch_larger_than_queue_keeps_its_first_rows():
+def test_batch_larger_than_queue_keeps_a_fair_sample_of_every_rank():
+    """A global batch of 2 ranks x 4 rows (rank 0's rows first) into a queue of 4: rows 0, 2, 4, 6, two of each
+    rank's, not rank 0's four."""
+    queue = TeacherQueue(size=4, dim=2)
+    queue.enqueue(_rows([10, 11, 12, 13, 20, 21, 22, 23]))
+    assert queue.vectors[:, 0].tolist() == [10, 12, 20, 22]
+    assert queue.mask is None
+    # 5 rows into 3: evenly spread (0, 1, 3), the last rank still represented.
     queue = TeacherQueue(size=3, dim=2)
     queue.enqueue(_rows([1, 2, 3, 4, 5]))
-    assert queue.vectors[:, 0].tolist() == [1, 2, 3]
-    assert queue.mask is None
+    assert queue.vectors[:, 0].tolist() == [1, 2, 4]
 
 
 def test_state_dict_round_trip_restores_fill_level():

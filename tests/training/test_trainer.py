@@ -266,3 +266,61 @@ def test_fp16_with_loss_scaling_trains_and_checkpoints_its_scaler(tmp_path, imag
     scaler = load_checkpoint(out / "checkpoints" / "last.pt")["scaler"]
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0
     assert yaml.safe_load((out / "config.yaml").read_text())["resolved"]["precision"] == "16-mixed"
+
+
+class _NaNTeacher(torch.nn.Module):
+    """Stands in for a teacher whose output overflowed: every vector is NaN."""
+
+    def __init__(self, teacher: torch.nn.Module):
+        super().__init__()
+        self.inner = teacher
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inner(images) * float("nan")
+
+
+def test_a_nan_loss_stops_the_run_at_the_next_log_step_naming_its_step_before_any_checkpoint(tmp_path, image_folder):
+    """The loss is checked on the device every step and read at log steps only (no host sync per step on CUDA):
+    NaN from step 1, log every 5 steps, a checkpoint due at step 2: the run stops at step 2, before that save,
+    naming step 1."""
+    from kubedistill.training.trainer import NonFiniteLossError
+
+    out = tmp_path / "run"
+    config = build_train_config({**FAST, "out": str(out), "data": str(image_folder), "max_steps": 6,
+                                 "log_every_n_steps": 5, "checkpoint_every_n_steps": 2})  # fmt: skip
+    trainer = Trainer(config)
+    trainer.setup()
+    trainer.method._teacher = (_NaNTeacher(trainer.method.teacher),)
+    try:
+        with pytest.raises(NonFiniteLossError, match=r"not finite at step 1; no checkpoint was written yet"):
+            trainer.train()
+        assert trainer.step == 2  # not read (a host sync) at step 1; read before the step-2 save
+    finally:
+        trainer.cleanup(failed=True)
+    assert not list((out / "checkpoints").glob("step-*.pt"))  # the step-2 weights were NaN: never saved
+
+
+def test_unreadable_images_are_counted_across_ranks_and_all_kept_in_the_checkpoint(tmp_path, monkeypatch):
+    """devices=2, one epoch: each rank meets one of the two broken files (picked from each rank's share of the
+    epoch). The limit applies to their sum, and the checkpoint keeps both ranks' (rank 0 alone writes it)."""
+    from kubedistill.data.samplers import ShardedEpochSampler
+    from kubedistill.data.sources import list_images
+
+    from ..conftest import write_images
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    write_images(tmp_path / "images", 40)
+    files = list_images(str(tmp_path / "images"))
+    shares = [list(ShardedEpochSampler(40, rank=r, world_size=2, seed=0)) for r in (0, 1)]
+    broken = [files[shares[0][0][1]], files[shares[1][0][1]]]  # the first image of each rank
+    for path in broken:
+        Path(path).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    args = {"devices": 2, "batch_size": 8, "epochs": 1, "seed": 0}
+    result = _train(tmp_path / "run", tmp_path / "images", loader_args={"max_bad_fraction": 0.1}, **args)
+    assert result.failed_images == 2
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert sorted(state["failures"]["failed"]) == sorted(broken)
+    # 2 of 40 is over 0.04 (1.6 images), though neither rank alone met more than one.
+    with pytest.raises(DataError, match=r"2 of 40 images could not be decoded"):
+        _train(tmp_path / "strict", tmp_path / "images", loader_args={"max_bad_fraction": 0.04}, **args)

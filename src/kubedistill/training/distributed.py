@@ -133,6 +133,15 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's (picklable) ``obj``, in rank order; ``[obj]`` in one process."""
+    if not is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of a scalar over all ranks (for logging a global loss); the value itself in one process."""
     if not is_initialized():
@@ -180,14 +189,23 @@ def is_launched(environ: dict[str, str] | None = None) -> bool:
     return any(v in env for v in TORCHRUN_VARS)
 
 
+# Where processes started by ``run_local_processes`` leave a user-facing error for the parent to raise.
+_FAILURE_DIR_VAR = "KUBEDISTILL_LOCAL_FAILURE_DIR"
+
+
 def run_local_processes(nprocs: int, entrypoint: Callable[..., Any], *args: Any) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` in ``nprocs`` processes on this machine, as torchrun would (torch's elastic
     launcher, in-process: c10d rendezvous on a free loopback port, no restarts); {local rank: return value}.
 
-    ``entrypoint`` and ``args`` must be picklable (the processes are spawned).
+    ``entrypoint`` and ``args`` must be picklable (the processes are spawned). When a process fails with one of
+    our errors (bad data, a bad setting, a NaN loss), that error is raised here, not the launcher's summary.
     """
+    import pickle
     import socket
+    import tempfile
+    from pathlib import Path
 
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     with socket.socket() as s:
@@ -200,7 +218,38 @@ def run_local_processes(nprocs: int, entrypoint: Callable[..., Any], *args: Any)
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", max_restarts=0, monitor_interval=0.5,
         start_method="spawn",
     )  # fmt: skip
-    return elastic_launch(config, entrypoint)(*args)
+    with tempfile.TemporaryDirectory(prefix="kubedistill-failures-") as failures:
+        previous = os.environ.get(_FAILURE_DIR_VAR)
+        os.environ[_FAILURE_DIR_VAR] = failures  # the spawned processes inherit it
+        try:
+            return elastic_launch(config, entrypoint)(*args)
+        except ChildFailedError as launcher_error:
+            reports = sorted(Path(failures).glob("rank-*.pickle"))
+            if not reports:
+                raise
+            raise pickle.loads(reports[0].read_bytes()) from launcher_error
+        finally:
+            if previous is None:
+                os.environ.pop(_FAILURE_DIR_VAR, None)
+            else:
+                os.environ[_FAILURE_DIR_VAR] = previous
+
+
+def report_failure(error: BaseException) -> None:
+    """In a process ``run_local_processes`` started: leave ``error`` for the parent to raise, when it is one of
+    ours (a peer's collective timing out because this rank stopped is not worth reporting)."""
+    import pickle
+    from pathlib import Path
+
+    folder = os.environ.get(_FAILURE_DIR_VAR)
+    if not folder or not isinstance(error, KubedistillError):
+        return
+    try:
+        payload = pickle.dumps(error)
+        pickle.loads(payload)  # an error that cannot be rebuilt in the parent is not worth a confusing one there
+    except Exception:
+        return
+    (Path(folder) / f"rank-{rank():05d}.pickle").write_bytes(payload)
 
 
 def broadcast_object(obj: Any) -> Any:

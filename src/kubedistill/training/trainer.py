@@ -204,6 +204,7 @@ class Trainer:
             prefetch_factor=cfg.loader_args.prefetch_factor if num_workers > 0 else None,
         )
         self.failures = FailureCounter(self.num_images, cfg.loader_args.max_bad_fraction)
+        self._pending_failures: list[tuple[str, str]] = []  # this rank's, not yet counted with the others
         self.steps_per_epoch = len(self.loader)
         epoch_steps = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(epoch_steps, cfg.max_steps) if cfg.max_steps else epoch_steps
@@ -291,6 +292,7 @@ class Trainer:
             min_lr_ratio=oargs.min_lr_ratio,
         )
         self.trainable = [p for p in self.method.parameters() if p.requires_grad]
+        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         # Loss scaling for fp16 (16-mixed); with it off, scale/unscale_/step/update are plain pass-throughs.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
 
@@ -411,7 +413,9 @@ class Trainer:
                     if self.is_main:
                         self.tracker.log_epoch(self.epoch, time.perf_counter() - epoch_start)
                     epoch_start = time.perf_counter()
-                    if time.monotonic() - self.last_save >= EPOCH_END_MIN_INTERVAL_S and self.step < self.total_steps:
+                    due = time.monotonic() - self.last_save >= EPOCH_END_MIN_INTERVAL_S
+                    # Rank 0's clock decides: saving is collective, and the ranks' clocks differ by a little.
+                    if distributed.broadcast_object(due) and self.step < self.total_steps:
                         self.save_checkpoint()
         finally:
             progress.close()
@@ -441,13 +445,24 @@ class Trainer:
             yield batch["image"]
 
     def _record_failures(self, failures: list[tuple[str, str]]) -> None:
-        known = set(self.failures.failed_paths)
-        new = {path: reason for path, reason in failures if path not in known}
-        for path, reason in new.items():
-            logger.warning("skipped unreadable image %s (%s)", path, reason)
-        self.failures.update(failures)  # raises DataError past loader_args.max_bad_fraction
-        if new:
-            logger.warning("%d unreadable image(s) skipped so far", self.failures.num_failed)
+        """Note this rank's unreadable images; ``_sync_failures`` counts them with the other ranks'."""
+        known = set(self.failures.failed_paths) | {path for path, _ in self._pending_failures}
+        for path, reason in failures:
+            if path not in known:
+                logger.warning("skipped unreadable image %s (%s)", path, reason)
+                self._pending_failures.append((path, reason))
+                known.add(path)
+
+    def _sync_failures(self) -> None:
+        """Merge every rank's new unreadable images into the shared count (the limit applies to the dataset, not
+        to one rank's share of it) and stop past loader_args.max_bad_fraction, on every rank at once."""
+        gathered = [f for part in distributed.all_gather_object(self._pending_failures) for f in part]
+        self._pending_failures = []
+        if gathered:
+            before = self.failures.num_failed
+            self.failures.update(gathered)  # raises DataError past loader_args.max_bad_fraction
+            if self.failures.num_failed > before:
+                logger.warning("%d unreadable image(s) skipped so far", self.failures.num_failed)
 
     def _train_step(self, images: torch.Tensor) -> torch.Tensor:
         set_lr(self.optimizer, self.schedule[self.step])
@@ -462,7 +477,7 @@ class Trainer:
             teacher_autocast=self.precision.teacher_autocast(self.device),
             student_autocast=self.precision.student_autocast(self.device),
         )
-        self._check_finite(loss)
+        self._note_nonfinite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         clip = self.config.optim_args.gradient_clip_val
@@ -474,16 +489,27 @@ class Trainer:
         self.step += 1
         return loss.detach()
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first step whose loss was not finite, on the device: reading the loss every step would
+        make the host wait for the GPU. ``_raise_if_nonfinite`` looks at log steps and before checkpoints."""
+        bad = ~torch.isfinite(loss.detach())
+        self._first_nonfinite = torch.where(bad & (self._first_nonfinite < 0), self.step + 1, self._first_nonfinite)
+
+    def _raise_if_nonfinite(self) -> None:
+        """Stop every rank, naming the first step any rank's loss was NaN or infinite (before any checkpoint
+        could keep the damaged weights)."""
+        steps = [s for s in distributed.all_gather(self._first_nonfinite.view(1)).tolist() if s >= 0]
+        if steps:
             last = self.layout.last_checkpoint
             where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {self.step + 1}; {where}. Lower optim_args.lr or use "
+                f"the loss was not finite at step {min(steps)}; {where}. Lower optim_args.lr or use "
                 "precision=32-true, then resume or restart"
             )
 
     def _log_step(self, loss: torch.Tensor, images_per_second: float, progress: Progress) -> None:
+        self._raise_if_nonfinite()
+        self._sync_failures()
         self.last_loss = float(distributed.mean_across_ranks(loss))
         record = {
             "step": self.step,
@@ -501,6 +527,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.last_save = time.monotonic()
+        self._raise_if_nonfinite()  # every rank calls this: the checks are collectives
+        self._sync_failures()
         if not self.is_main:
             return
         state: dict[str, Any] = {
@@ -617,9 +645,10 @@ def run_training(config: TrainConfig) -> TrainResult:
     try:
         trainer.setup()
         result = trainer.train()
-    except BaseException:
+    except BaseException as error:
         trainer.cleanup(failed=True)
         if distributed.is_initialized():
+            distributed.report_failure(error)
             distributed.abort_process()
         raise
     trainer.cleanup()

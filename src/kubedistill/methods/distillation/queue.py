@@ -57,9 +57,13 @@ class TeacherQueue(nn.Module):
     def enqueue(self, batch: torch.Tensor) -> None:
         """Push (B, D) vectors to the front; the oldest B fall off the end.
 
-        If B >= K, the queue becomes the first K vectors of the batch.
+        If B > K, the queue becomes K vectors spread evenly over the batch: with an all-gathered batch (rank 0's
+        rows first, then rank 1's, ...) every rank's rows are represented, not only the first ranks'.
         """
         batch = batch.detach().to(self.vectors.dtype)
+        if batch.shape[0] > self.size:
+            picks = torch.arange(self.size, device=batch.device) * batch.shape[0] // self.size
+            batch = batch[picks]
         num_new = min(batch.shape[0], self.size)
         if num_new < self.size:
             self.vectors[num_new:] = self.vectors[: self.size - num_new].clone()
