@@ -1,15 +1,15 @@
-"""GPU check, prepared for a session that is lent a GPU machine (not run on the CPU machines).
+"""GPU check: training speed and FLOP utilisation on one NVIDIA GPU (CUDA).
 
 resnet50 student + dinov2/vitb14 teacher (random weights, the official architecture), 224x224, global batch
 256, bf16-mixed, one GPU: `kubedistill.train` for ``--steps`` steps on generated JPEGs (images/s over the steps
 after ``--warmup``, peak GPU memory, whether the loader keeps up), then the per-phase FLOP breakdown of
 benchmarks/flops_breakdown.py on the GPU (matmul peak fp32/bf16, teacher forward, student forward+backward).
-Prints one table in the house format; writes it to ``--out`` too (e.g. the device tool's $OUT).
+Prints one table in BENCHMARKS.md's format; writes it to ``--out``/gpu_check.md too.
 
-The device machine reaches no package index: use a Python there that has torch, torchvision, timm, pyyaml,
-tqdm and pillow, and the source tree on PYTHONPATH, e.g.
+Needs a Python whose torch is a CUDA build, with torchvision, timm, pyyaml, tqdm and pillow, and the project
+installed or the source tree on PYTHONPATH (nothing is downloaded: the teacher's weights are random), e.g.
 
-    PYTHONPATH=src python3 benchmarks/gpu_check.py --out "$OUT"        (about 5 minutes on one H200)
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out DIR
 """
 
 from __future__ import annotations

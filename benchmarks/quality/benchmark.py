@@ -63,7 +63,7 @@ BATCH_SIZE = 128  # the method's default global batch
 DEFAULTS: dict[str, object] = {}
 # The best setting found for this small dataset (5,388 images of 32x32), from the fixed-step side runs in
 # BENCHMARKS.md: image size 64 (resnet18's stride-4 stem leaves a 32 px image 8x8 after its first layers),
-# AdamW at an unscaled 1e-3 (the seed's LARS and sqrt-scaled lr barely move in a few hundred steps), no mixup,
+# AdamW at an unscaled 1e-3 (the default LARS and sqrt-scaled lr barely move in a few hundred steps), no mixup,
 # and milder views (crops of at least half the image, no colour jitter, grayscale or flip): on 32 px digits the
 # default views often lose the digit, and the teacher's pseudo-labels on them are noise.
 SMALL_DATA: dict[str, object] = {
@@ -87,7 +87,7 @@ GRID: dict[str, dict[str, object]] = {
                                            "optim_args.lr": 3e-3, "method_args.mixup": False},  # fmt: skip
     "small-data": SMALL_DATA,
 }
-# The issue's ablations, each one change to HEADLINE, at the shortest budget.
+# Ablations, each one change to HEADLINE, at the shortest budget.
 ABLATIONS: dict[str, dict[str, object]] = {
     "small-data, mixup on": {**SMALL_DATA, "method_args.mixup": True},
     "small-data, LARS (seed's lr and scaling)": {k: v for k, v in SMALL_DATA.items() if k not in _SEED_OPTIMIZER},

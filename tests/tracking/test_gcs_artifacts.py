@@ -74,4 +74,4 @@ def test_register_and_load_with_proxied_gcs_artifacts(tmp_path, gcs_mlflow_serve
     embeddings = mlflow.pyfunc.load_model("models:/gcs-student@champion").predict(
         np.random.default_rng(0).random((3, 3, 40, 40), dtype=np.float32)
     )
-    assert embeddings.shape == (3, 1024)
+    assert embeddings.shape == (3, 576)

@@ -87,12 +87,74 @@ def test_gate_versions_aliases_idempotency_and_loading(tmp_path, mlflow_server, 
     mlflow.set_tracking_uri(mlflow_server)
     pyfunc = mlflow.pyfunc.load_model("models:/student-gate@champion")
     embeddings = pyfunc.predict(images)
-    assert embeddings.shape == (2, 1024)
+    assert embeddings.shape == (2, 576)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     expected = EmbeddingModel(load_student(better))(torch.from_numpy(images))
     np.testing.assert_allclose(embeddings, expected.detach().numpy(), atol=1e-5)
     module = mlflow.pytorch.load_model("models:/student-gate@champion")
-    assert isinstance(module, EmbeddingModel)
+    assert isinstance(module, torch.jit.ScriptModule)  # a program: no kubedistill class to unpickle
+
+
+# Run in a fresh interpreter that cannot import kubedistill: what a serving image with torch and MLflow has.
+_SERVE_WITHOUT_KUBEDISTILL = """
+import importlib.abc, os, sys
+
+class NoKubedistill(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] == "kubedistill":
+            raise ModuleNotFoundError("kubedistill is not installed in this image")
+        return None
+
+sys.meta_path.insert(0, NoKubedistill())
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "kubedistill"))]
+import mlflow
+import numpy as np
+
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/student-serve@champion")
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))
+print("imported:", sorted(m for m in sys.modules if m.partition(".")[0] in ("kubedistill", "torchvision")))
+"""
+
+
+def test_registered_model_serves_with_torch_and_mlflow_alone(tmp_path, mlflow_server):
+    model, metrics = _candidate(tmp_path, "serve", seed=7, top1=0.6)
+    _register(model, metrics, "student-serve", mlflow_server)
+    images = np.random.default_rng(1).random((3, 3, 45, 70), dtype=np.float32)
+    np.save(tmp_path / "images.npy", images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_KUBEDISTILL, mlflow_server, tmp_path / "images.npy",
+         tmp_path / "embeddings.npy"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "imported: []" in result.stdout  # neither kubedistill nor torchvision was needed
+    expected = EmbeddingModel(load_student(model))(torch.from_numpy(images)).detach().numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "embeddings.npy"), expected, atol=1e-5)
+
+
+def test_served_preprocessing_is_the_probes(tmp_path):
+    """The scripted resize and crop match torchvision's (float input, exactly) and the probe's EvalTransform
+    (uint8 input: torchvision resizes uint8 with its own integer kernel, so within a small tolerance)."""
+    import torchvision.transforms.v2.functional as TF
+
+    from kubedistill.data.transforms import EvalTransform
+    from kubedistill.tracking.model import compile_for_serving
+
+    student = load_student(make_exported_student(tmp_path, seed=8, size=40))
+    program = compile_for_serving(student)
+    mean, std = torch.tensor(student.metadata.mean).view(1, 3, 1, 1), torch.tensor(student.metadata.std).view(1, 3, 1, 1)
+    for height, width in ((40, 40), (61, 97), (130, 47)):  # odd margins test the crop's rounding
+        images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height))
+        reference = TF.center_crop(TF.resize(images, [round(40 / 0.875)], antialias=True), [40, 40])
+        with torch.no_grad():
+            expected = torch.nn.functional.normalize(student((reference - mean) / std), dim=1)
+            assert torch.allclose(program(images), expected, atol=1e-5)
+            pixels = (images * 255).round().to(torch.uint8)
+            probe = torch.nn.functional.normalize(student(torch.stack([EvalTransform(40)(p) for p in pixels])), dim=1)
+            cosine = (program(pixels) * probe).sum(dim=1)
+        assert cosine.min() > 0.999, cosine
 
 
 def test_below_min_top1_is_challenger_even_without_champion(tmp_path, mlflow_server):

@@ -34,16 +34,37 @@ class StudentMetadata:
         }
 
 
-def export_student(student: Student, metadata: StudentMetadata, path: Path,
-                   provenance: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """Write ``path`` (weights + metadata, torch.save of plain types) and ``path.json`` (metadata for people).
+def backbone_file(student_path: Path, model: str) -> Path:
+    """``exported/<model>_backbone.pt`` next to ``student_path``: e.g. resnet18_backbone.pt."""
+    return student_path.parent / f"{model.split('/', 1)[-1]}_backbone.pt"
 
+
+def export_student(student: Student, metadata: StudentMetadata, path: Path,
+                   provenance: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
+    """Write ``path`` (weights + metadata, torch.save of plain types), ``path.json`` (metadata for people) and
+    ``<model>_backbone.pt``; returns the three paths.
+
+    ``<model>_backbone.pt`` is the plain state_dict of the architecture's own module (torchvision's or timm's)
+    cut after its pooling: it loads with strict=True into that model once its classifier is removed as
+    ``backbone.load`` in the JSON says, or with strict=False into the full model to fine-tune it. Tensors are
+    saved contiguous (a student trained channels-last would otherwise keep NHWC strides).
     ``provenance``: what produced the weights (teacher name and the sha256 of its file, dataset fingerprint),
     kept with them.
     """
-    described = {"format": STUDENT_FORMAT, **metadata.to_dict(), **({"provenance": provenance} if provenance else {})}
-    atomic_save({**described, "state_dict": student.state_dict()}, path)
+    backbone = backbone_file(path, metadata.model)
+    described = {
+        "format": STUDENT_FORMAT, **metadata.to_dict(),
+        "backbone": {"file": backbone.name, "load": student.load_hint.replace("torch.load(path)", f"torch.load({backbone.name!r})")},
+        **({"provenance": provenance} if provenance else {}),
+    }  # fmt: skip
+    atomic_save({**described, "state_dict": _contiguous(student.state_dict())}, path)
+    atomic_save(_contiguous(student.backbone.state_dict()), backbone)
     atomic_write_text(path.with_suffix(".json"), json.dumps(described, indent=2))
+    return [path, path.with_suffix(".json"), backbone]
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().contiguous() for key, value in state.items()}
 
 
 class LoadedStudent(nn.Module):

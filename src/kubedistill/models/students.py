@@ -6,6 +6,7 @@ A student maps (B, 3, H, W) images to (B, C) pooled features, C = ``feature_dim`
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +27,14 @@ class StudentInfo:
 
 
 class Student(nn.Module):
-    """A backbone whose classifier was replaced by an identity: forward gives (B, C) pooled features."""
+    """A backbone cut after its global pooling (every classifier layer removed): forward gives (B, C) pooled
+    features. ``load_hint`` tells users how the library's own model accepts ``backbone``'s state_dict."""
 
-    def __init__(self, backbone: nn.Module, info: StudentInfo):
+    def __init__(self, backbone: nn.Module, info: StudentInfo, load_hint: str = ""):
         super().__init__()
         self.backbone = backbone
         self.info = info
+        self.load_hint = load_hint
 
     @property
     def feature_dim(self) -> int:
@@ -99,8 +102,9 @@ def _build_torchvision(short: str, image_size: tuple[int, int] | None) -> Studen
         raise ConfigError(problems)
     kwargs = _construction_kwargs(short, image_size)
     backbone = torchvision.models.get_model(short, weights=None, **kwargs)
-    feature_dim = remove_classifier(backbone)
-    return Student(backbone, StudentInfo(name=TORCHVISION_PREFIX + short, feature_dim=feature_dim))
+    removal = remove_classifier(backbone)
+    info = StudentInfo(name=TORCHVISION_PREFIX + short, feature_dim=removal.feature_dim)
+    return Student(backbone, info, load_hint=removal.load_hint(short, kwargs))
 
 
 def _construction_kwargs(short: str, image_size: tuple[int, int] | None) -> dict:
@@ -113,30 +117,120 @@ def _construction_kwargs(short: str, image_size: tuple[int, int] | None) -> dict
     return {}
 
 
-def remove_classifier(backbone: nn.Module) -> int:
-    """Replace the final classification layer by an identity, in place; returns the feature width.
+def remove_classifier(backbone: nn.Module) -> Removal:
+    """Cut a torchvision classification model after its global pooling, in place.
 
-    torchvision puts the classifier last: the last nn.Linear in registration order (fc, classifier[-1],
-    heads.head, head). SqueezeNet is the one classifier built from a 1x1 conv; it becomes global pooling.
+    Every layer between the pooling and the logits goes (Dropout, hidden Linear layers, activations), not
+    only the last Linear: a student's features are the pooled features, and DDP must see no parameter
+    that takes no part in the loss. Normalisations that torchvision applies to the pooled vector (ConvNeXt's
+    and MaxViT's LayerNorm) are kept: they are part of the features, as in timm's pre-logits output. VGG and
+    AlexNet pool to a 7x7 / 6x6 grid before their fully connected layers; their pooling becomes global
+    average pooling, so their features are the 512 / 256 channel means.
     """
-    if type(backbone).__name__ == "SqueezeNet":
-        conv = backbone.classifier[1]
-        backbone.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        return conv.in_channels
-    last_name, last = None, None
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.Linear):
-            last_name, last = name, module
-    if last is None:
-        raise ConfigError([f"model: cannot find the classifier of {type(backbone).__name__}"])
-    _set_submodule(backbone, last_name, nn.Identity())
-    return last.in_features
+    kind = type(backbone).__name__
+    cut = _CUTS.get(kind)
+    if cut is None:
+        raise ConfigError([f"model: kubedistill does not know where the classifier of torchvision's {kind} starts; "
+                           "use a timm model instead (model=timm/<name>)"])  # fmt: skip
+    return cut(backbone)
 
 
-def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+@dataclass(frozen=True)
+class Removal:
+    """What ``remove_classifier`` did: the pooled width and, for users, how to rebuild the same module."""
+
+    feature_dim: int
+    replaced: tuple[str, ...]  # attributes now an identity (or global pooling)
+    kept: str = ""  # for classifiers cut in the middle: which of its layers stay
+
+    def load_hint(self, name: str, kwargs: dict | None = None) -> str:
+        """The torchvision one-liner after which ``torchvision.models.<name>(...)`` loads the backbone's
+        state_dict with strict=True."""
+        args = ", ".join(f"{k}={v!r}" for k, v in (kwargs or {}).items())
+        steps = "; ".join(_hint_step(attr, self.kept) for attr in self.replaced)
+        return f"model = torchvision.models.{name}({args}); {steps}; model.load_state_dict(torch.load(path))"
+
+
+def _hint_step(attr: str, kept: str) -> str:
+    if attr == "avgpool":
+        return "model.avgpool = torch.nn.AdaptiveAvgPool2d(1)"
+    if kept and attr == "classifier":
+        return f"model.classifier = model.classifier[:{kept}]"
+    return f"model.{attr} = torch.nn.Identity()"
+
+
+def _identity(*attrs: str, dim: Callable[[nn.Module], int]) -> Callable[[nn.Module], Removal]:
+    def cut(backbone: nn.Module) -> Removal:
+        feature_dim = dim(backbone)
+        for attr in attrs:
+            setattr(backbone, attr, nn.Identity())
+        return Removal(feature_dim, attrs)
+
+    return cut
+
+
+def _first_linear_in(attr: str) -> Callable[[nn.Module], int]:
+    return lambda m: next(x for x in getattr(m, attr).modules() if isinstance(x, nn.Linear)).in_features
+
+
+def _last_conv_channels(backbone: nn.Module) -> int:
+    return [m for m in backbone.features.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+def _global_pool_features(backbone: nn.Module) -> Removal:
+    """VGG / AlexNet: global average pooling of the last conv block; the fully connected layers go."""
+    feature_dim = _last_conv_channels(backbone)
+    backbone.avgpool = nn.AdaptiveAvgPool2d(1)
+    backbone.classifier = nn.Identity()
+    return Removal(feature_dim, ("avgpool", "classifier"))
+
+
+def _keep_classifier_prefix(keep: int) -> Callable[[nn.Module], Removal]:
+    """ConvNeXt (LayerNorm2d, Flatten | Linear) and MaxViT (pool, Flatten, LayerNorm | Linear, Tanh, Linear)."""
+
+    def cut(backbone: nn.Module) -> Removal:
+        feature_dim = _first_linear_in("classifier")(backbone)
+        backbone.classifier = backbone.classifier[:keep]
+        return Removal(feature_dim, ("classifier",), kept=str(keep))
+
+    return cut
+
+
+def _squeezenet(backbone: nn.Module) -> Removal:
+    """SqueezeNet's classifier is Dropout, a 1x1 conv to the classes, ReLU, pooling: it becomes global pooling."""
+    feature_dim = backbone.classifier[1].in_channels
+    backbone.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    return Removal(feature_dim, ("classifier",))
+
+
+_FC = _first_linear_in("fc")
+_CLASSIFIER = _first_linear_in("classifier")
+# torchvision's class name -> how to cut it. A model torchvision adds later fails the test that builds every
+# name in torchvision.models.list_models() until it has an entry here.
+_CUTS: dict[str, Callable[[nn.Module], Removal]] = {
+    "ResNet": _identity("fc", dim=_FC),
+    "RegNet": _identity("fc", dim=_FC),
+    "ShuffleNetV2": _identity("fc", dim=_FC),
+    "GoogLeNet": _identity("dropout", "fc", dim=_FC),
+    "Inception3": _identity("dropout", "fc", dim=_FC),
+    "DenseNet": _identity("classifier", dim=_CLASSIFIER),
+    "MobileNetV2": _identity("classifier", dim=_CLASSIFIER),
+    "MobileNetV3": _identity("classifier", dim=_CLASSIFIER),
+    "MNASNet": _identity("classifier", dim=_CLASSIFIER),
+    "EfficientNet": _identity("classifier", dim=_CLASSIFIER),
+    "SwinTransformer": _identity("head", dim=_first_linear_in("head")),
+    "VisionTransformer": _identity("heads", dim=_first_linear_in("heads")),
+    "VGG": _global_pool_features,
+    "AlexNet": _global_pool_features,
+    "ConvNeXt": _keep_classifier_prefix(2),
+    "MaxVit": _keep_classifier_prefix(3),
+    "SqueezeNet": _squeezenet,
+}
+
+
+# timm heads with a layer after the pooling (MobileNetV3's 1x1 conv_head to 1280/1024, with its norm and
+# activation): removed, so the features are the pooled ones, as for torchvision's MobileNetV3.
+_TIMM_POST_POOL = ("conv_head", "norm_head", "act2")
 
 
 def _build_timm(short: str) -> Student:
@@ -145,5 +239,15 @@ def _build_timm(short: str) -> Student:
         raise ConfigError(problems)
     import timm
 
-    backbone = timm.create_model(short, pretrained=False, num_classes=0)
-    return Student(backbone, StudentInfo(name=TIMM_PREFIX + short, feature_dim=backbone.num_features))
+    backbone = timm.create_model(short, pretrained=False, num_classes=0)  # num_classes=0: timm's pre-logits
+    hidden = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    removed = []
+    if hidden != backbone.num_features and hasattr(backbone, "conv_head"):
+        for attr in _TIMM_POST_POOL:
+            if hasattr(backbone, attr):
+                setattr(backbone, attr, nn.Identity())
+                removed.append(attr)
+        hidden = backbone.num_features
+    steps = "".join(f"model.{attr} = torch.nn.Identity(); " for attr in removed)
+    hint = f"model = timm.create_model({short!r}, num_classes=0); {steps}model.load_state_dict(torch.load(path))"
+    return Student(backbone, StudentInfo(name=TIMM_PREFIX + short, feature_dim=hidden), load_hint=hint)

@@ -207,26 +207,27 @@ def _lineage_tags(
 
 
 def _log_model(target: TrackingTarget, run_id: str, model_path: Path) -> tuple[str, str]:
-    """Log the student as an MLflow model in run ``run_id``: pytorch flavour + pyfunc returning embeddings.
+    """Log the student as an MLflow model in run ``run_id``: pytorch flavour holding a TorchScript program of the
+    served module (preprocessing included; torch alone loads it) + pyfunc returning embeddings.
 
     Returns (model URI, logged-model id).
     """
     import mlflow
     import numpy as np
     import torch
-    import torchvision
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     from kubedistill.models.export import load_student
-    from kubedistill.tracking.model import EmbeddingModel
+    from kubedistill.tracking.model import compile_for_serving
 
-    module = EmbeddingModel(load_student(model_path)).eval()
+    student = load_student(model_path)
+    program = compile_for_serving(student)  # TorchScript: loads with torch alone, no kubedistill
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, module.feature_dim))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, student.feature_dim))]),
     )
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     previous_uri = mlflow.get_tracking_uri()
     # mlflow.end_run() deletes MLFLOW_RUN_ID (the pipeline's parent run) from the environment: keep it.
     parent_env = os.environ.get(ENV_PARENT_RUN_ID)
@@ -235,7 +236,7 @@ def _log_model(target: TrackingTarget, run_id: str, model_path: Path) -> tuple[s
         # The run exists already (StepRun); start_run(run_id=...) only makes it the active one for log_model.
         with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(sys.stderr):
             info = mlflow.pytorch.log_model(
-                module, name=MODEL_ARTIFACT, serialization_format="pickle", signature=signature,
+                program, name=MODEL_ARTIFACT, serialization_format="pickle", signature=signature,
                 pip_requirements=requirements,
             )  # fmt: skip
     except Exception as e:

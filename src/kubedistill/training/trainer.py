@@ -23,7 +23,7 @@ from kubedistill.errors import ConfigError, DataError, KubedistillError, OutputD
 from kubedistill.methods.distillation import Distillation, auto_queue_size
 from kubedistill.methods.distillation.args import scaled_lr
 from kubedistill.methods.distillation.queue import QUEUE_SIZE_TABLE
-from kubedistill.models.export import StudentMetadata, export_student, load_student
+from kubedistill.models.export import StudentMetadata, backbone_file, export_student, load_student
 from kubedistill.models.students import Student, build_student
 from kubedistill.models.teachers import load_teacher
 from kubedistill.tracking.lineage import RUN_FILE
@@ -424,8 +424,7 @@ class Trainer:
         self.save_checkpoint()
         if self.is_main:
             self.export()
-            self.folder.push(self.layout.exported, self.layout.exported.with_suffix(".json"), self.layout.metrics,
-                             self.layout.train_log)  # fmt: skip
+            self.folder.push(*self.exported_files(), self.layout.metrics, self.layout.train_log)
         logger.info("finished %d steps; student exported to %s", self.step,
                     storage.join(self.folder.uri, "exported", self.layout.exported.name))  # fmt: skip
         if self.is_main:
@@ -564,6 +563,11 @@ class Trainer:
         export_student(student, metadata, self.layout.exported, provenance=self.provenance())
         return self.layout.exported
 
+    def exported_files(self) -> list[Path]:
+        """student.pt, student.json and <model>_backbone.pt."""
+        exported = self.layout.exported
+        return [exported, exported.with_suffix(".json"), backbone_file(exported, self.config.model)]
+
     def provenance(self) -> dict[str, Any]:
         """What produced this student: the teacher, its weights file's sha256, the data's fingerprint."""
         return {"teacher": self.config.method_args.teacher, "teacher_sha256": self.teacher_sha256,
@@ -575,7 +579,7 @@ class Trainer:
             (self.layout.config, None), (self.layout.train_log, None), (self.layout.metrics, None)
         ]
         if self.tracker.log_model:
-            files += [(self.layout.exported, "exported"), (self.layout.exported.with_suffix(".json"), "exported")]
+            files += [(path, "exported") for path in self.exported_files()]
         return files
 
     def resolved_config(self) -> dict[str, Any]:
