@@ -28,7 +28,7 @@ def test_describe_prints_every_default_as_json():
 
 
 def test_train_command_from_the_issue_on_64_images(tmp_path, image_folder):
-    """The acceptance command: epochs=1 batch_size=8, random vits14 teacher at 56 px, on CPU."""
+    """The documented quick command: epochs=1 batch_size=8, random vits14 teacher at 56 px, on CPU."""
     out = tmp_path / "out" / "exp"
     result = _run(
         str(KUBEDISTILL), "train", f"out={out}", f"data={image_folder}", "model=torchvision/resnet18",

@@ -7,7 +7,7 @@ from kubedistill.config import build_train_config, method_defaults, parse_key_va
 from kubedistill.errors import ConfigError
 from kubedistill.methods.distillation.args import AdamWArgs, LARSArgs
 
-# The seed page's "Default Augmentation Settings" block, verbatim (shared/seed/distillation.md).
+# The "Default Augmentation Settings" block of LightlyTrain's distillation documentation, verbatim.
 SEED_TRANSFORM_DEFAULTS = json.loads((Path(__file__).parent / "seed_transform_defaults.json").read_text())
 
 BASE = {"out": "out/x", "data": "imgs", "model": "torchvision/resnet18"}

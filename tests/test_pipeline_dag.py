@@ -1,4 +1,4 @@
-"""The compiled pipeline: no drift from its source, and the DAG the issue asks for (steps, gate, exit handler,
+"""The compiled pipeline: no drift from its source, and the intended DAG (steps, gate, exit handler,
 caching, retries, images, documented parameters)."""
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ SMALL_DATA: dict[str, object] = {
     "transform_args.random_gray_scale": 0.0,
     "transform_args.random_flip.horizontal_prob": 0.0,
 }
-_SEED_OPTIMIZER = ("optim", "optim_args.lr", "method_args.lr_scale_method")
+_DEFAULT_OPTIMIZER = ("optim", "optim_args.lr", "method_args.lr_scale_method")
 # Settings of the fixed-step side runs (`--steps N`) that led to SMALL_DATA.
 GRID: dict[str, dict[str, object]] = {
     "image 64": {"transform_args.image_size": [64, 64]},
@@ -90,7 +90,7 @@ GRID: dict[str, dict[str, object]] = {
 # Ablations, each one change to HEADLINE, at the shortest budget.
 ABLATIONS: dict[str, dict[str, object]] = {
     "small-data, mixup on": {**SMALL_DATA, "method_args.mixup": True},
-    "small-data, LARS (seed's lr and scaling)": {k: v for k, v in SMALL_DATA.items() if k not in _SEED_OPTIMIZER},
+    "small-data, LARS (default lr and scaling)": {k: v for k, v in SMALL_DATA.items() if k not in _DEFAULT_OPTIMIZER},
     "small-data, temperature 0.04": {**SMALL_DATA, "method_args.temperature": 0.04},
     "small-data, temperature 0.2": {**SMALL_DATA, "method_args.temperature": 0.2},
     "small-data, queue 4096": {**SMALL_DATA, "method_args.queue_size": 4096},

@@ -242,7 +242,7 @@ def describe_type(hint: Any) -> str:
 # The training configuration
 # --------------------------------------------------------------------------------------------------
 
-# LightlyTrain calls the seed's method "distillationv1" today; both names select it.
+# LightlyTrain calls this method "distillationv1" today; both names select it.
 METHOD_ALIASES = {"distillation": "distillation", "distillationv1": "distillation"}
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-teacher")
 

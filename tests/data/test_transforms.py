@@ -24,7 +24,7 @@ from kubedistill.data.transforms import (
     SolarizeArgs,
 )
 
-# The seed page's "Default Augmentation Settings" block, verbatim.
+# The "Default Augmentation Settings" block of LightlyTrain's distillation documentation, verbatim.
 SEED_DEFAULTS = json.loads((Path(__file__).parents[1] / "seed_transform_defaults.json").read_text())
 
 

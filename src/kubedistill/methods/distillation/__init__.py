@@ -1,4 +1,4 @@
-"""method="distillation": the seed's label-free knowledge distillation (LightlyTrain's distillationv1)."""
+"""method="distillation": label-free knowledge distillation as LightlyTrain's distillationv1 does it."""
 
 from kubedistill.methods.distillation.args import AdamWArgs, DistillationArgs, LARSArgs
 from kubedistill.methods.distillation.loss import distillation_loss

@@ -1,4 +1,4 @@
-"""Hyperparameters of the distillation method and of its optimizers, with the seed's defaults."""
+"""Hyperparameters of the distillation method and of its optimizers, with LightlyTrain's defaults."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class _ScheduleArgs:
 
 @dataclass
 class LARSArgs(_ScheduleArgs):
-    """LARS (the seed's default): lr 1.8 is 0.3 x 1536 / 256, before batch-size scaling."""
+    """LARS (LightlyTrain's default): lr 1.8 is 0.3 x 1536 / 256, before batch-size scaling."""
 
     lr: float = 1.8
     momentum: float = 0.9

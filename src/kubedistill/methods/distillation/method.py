@@ -96,7 +96,7 @@ class Distillation(nn.Module):
             teacher_vectors = self.teacher_embed(images)
         with student_autocast or nullcontext():
             student_vectors = self.student_embed(images)
-        # The current batch joins the queue before the loss: the seed's order.
+        # The current batch joins the queue before the loss: LightlyTrain's order.
         self.queue.enqueue(gather(teacher_vectors))
         return distillation_loss(
             student_vectors,
