@@ -444,13 +444,18 @@ class Trainer:
             yield batch["image"]
 
     def _record_failures(self, failures: list[tuple[str, str]]) -> None:
-        """Note this rank's unreadable images; ``_sync_failures`` counts them with the other ranks'."""
+        """Note this rank's unreadable images; ``_sync_failures`` counts them with the other ranks' at the next
+        log step. A rank whose own share already passes the limit stops at once (torchrun then stops the others)."""
         known = set(self.failures.failed_paths) | {path for path, _ in self._pending_failures}
         for path, reason in failures:
             if path not in known:
                 logger.warning("skipped unreadable image %s (%s)", path, reason)
                 self._pending_failures.append((path, reason))
                 known.add(path)
+        if self._pending_failures:
+            alone = FailureCounter(self.failures.total_images, self.failures.max_bad_fraction)
+            alone.load_state_dict(self.failures.state_dict())
+            alone.update(self._pending_failures)  # raises DataError past loader_args.max_bad_fraction
 
     def _sync_failures(self) -> None:
         """Merge every rank's new unreadable images into the shared count (the limit applies to the dataset, not
