@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from kubedistill.methods.distillation import DistillationArgs
+from kubedistill.methods.distillation import Distillation, DistillationArgs
 from kubedistill.methods.distillation.args import AdamWArgs, LARSArgs, scaled_lr
+from kubedistill.models.students import build_student
 from kubedistill.training.optim import (
     LARS,
     build_optimizer,
     resolve_warmup_steps,
-    split_decay_groups,
     warmup_cosine_schedule,
 )
 
@@ -56,12 +56,27 @@ def test_schedule_without_warmup_and_shorter_than_warmup():
     )
 
 
-def test_biases_and_norms_get_no_decay():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
-    model(torch.zeros(1, 3, 5, 5))
-    weights, no_decay = split_decay_groups([model])
-    assert {id(p) for p in weights} == {id(model[0].weight), id(model[3].weight)}
-    assert {id(p) for p in no_decay} == {id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[3].bias)}
+def test_lars_groups_of_a_resnet18_student_and_its_head_by_parameter_identity():
+    """Built as the trainer builds it (build_optimizer over [student, head]): conv and linear weights get
+    weight decay and LARS adaptation; every BatchNorm weight and bias and the head's bias get neither."""
+    student = build_student("torchvision/resnet18", image_size=(28, 28))
+    teacher = nn.Identity()  # not trained: only its output width (384) matters here
+    method = Distillation(student=student, student_dim=512, teacher=teacher, teacher_dim=384, queue_size=16)
+    optimizer = build_optimizer([method.student, method.head], LARSArgs(), lr=0.5)
+    adapted, plain = optimizer.param_groups
+    assert (adapted["lars"], adapted["weight_decay"]) == (True, 1e-6)
+    assert (plain["lars"], plain["weight_decay"]) == (False, 0.0)
+
+    modules = list(method.modules())
+    weights = [m.weight for m in modules if isinstance(m, nn.Conv2d | nn.Linear)]
+    norms = [p for m in modules if isinstance(m, nn.BatchNorm2d) for p in (m.weight, m.bias)]
+    biases = [m.bias for m in modules if isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None]
+    assert biases == [method.head.linear.bias]  # torchvision's resnet convolutions have no bias
+    assert len(weights) == 20 + 1 and len(norms) == 2 * 20  # 20 convs, 20 BatchNorms, the head
+    assert {id(p) for p in adapted["params"]} == {id(p) for p in weights}
+    assert {id(p) for p in plain["params"]} == {id(p) for p in norms + biases}
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    assert len(adapted["params"]) + len(plain["params"]) == len(trainable) == 62
 
 
 def test_lars_update_matches_formula():
