@@ -16,7 +16,7 @@ LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow lint compile demo wheel images push submit schedule bench-train bench-probe bench-quality bench-speed clean
+.PHONY: help setup test test-slow lint compile demo wheel images push submit schedule bench-train bench-probe bench-quality bench-speed bench-logging clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-quality: setup ## Quality: random vs distilled student vs teacher, linear 
 
 bench-speed: setup $(LIGHTLY_STAMP) ## Speed: kubedistill vs LightlyTrain distillationv1 in one run (~15 min)
 	$(PY) benchmarks/speed_vs_lightly.py $(BENCH_SPEED_ARGS)
+
+bench-logging: setup ## MLflow logging: per-step cost, healthy vs 2 s server, synchronous vs queued (~2 min)
+	$(PY) benchmarks/mlflow_logging.py $(BENCH_LOGGING_ARGS)
 
 # LightlyTrain in its own venv (its dependencies must not leak into .venv), torch pinned the same way.
 $(LIGHTLY_STAMP): Makefile

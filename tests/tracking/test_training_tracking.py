@@ -62,7 +62,7 @@ def test_train_logs_params_loss_curve_and_artifacts_as_a_nested_run(tmp_path, im
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "train.log", "metrics.jsonl", "exported"} <= artifacts
     exported = {a.path for a in client.list_artifacts(run.info.run_id, "exported")}
-    assert exported == {"exported/student.pt", "exported/student.json"}
+    assert exported == {"exported/student.pt", "exported/student.json", "exported/resnet18_backbone.pt"}
     log = Path(client.download_artifacts(run.info.run_id, "train.log", str(tmp_path))).read_text()
     assert "finished 8 steps" in log
 
@@ -101,3 +101,24 @@ def test_unreachable_server_does_not_stop_training(tmp_path, image_folder):
     assert f"MLflow tracking is off for this train step: the MLflow server at {closed} is not reachable" in log
     assert "training continues without MLflow; metrics are written to" in log
     assert not (out / "mlflow_run.json").exists()
+
+
+def test_a_resumed_training_adds_no_duplicate_curve_points(tmp_path, image_folder, mlflow_server):
+    out = tmp_path / "out"
+    mlflow = {"tracking_uri": mlflow_server, "experiment_name": "resumed-training"}
+    kubedistill.train(out=out, data=image_folder, mlflow=mlflow, checkpoint_every_n_steps=4, **TRAIN)
+    # As if the process died after logging step 8 but before its checkpoint: the newest one is step 4.
+    checkpoints = out / "checkpoints"
+    (checkpoints / "step-00000008.pt").unlink()
+    (checkpoints / "last.pt").unlink()
+    os.link(checkpoints / "step-00000004.pt", checkpoints / "last.pt")
+    result = kubedistill.train(out=out, data=image_folder, mlflow=mlflow, checkpoint_every_n_steps=4,
+                               resume_interrupted=True, **TRAIN)  # fmt: skip
+    assert result.steps == 8 and not result.already_finished
+    client = MlflowClient(mlflow_server)
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    assert len(client.search_runs([client.get_experiment_by_name("resumed-training").experiment_id])) == 1
+    for name in ("loss", "lr", "images_per_second"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, name)) == list(range(1, 9)), name
+    assert sorted(m.step for m in client.get_metric_history(run_id, "epoch_time_s")) == [1, 2]
+    assert "has steps up to 8: the resumed run logs later steps only" in (out / "train.log").read_text()

@@ -132,6 +132,13 @@ class StepRun:
         entries = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self._call("log metrics", lambda: self.client.log_batch(self.run_id, metrics=entries))
 
+    def last_logged_step(self, key: str) -> int:
+        """The highest step of metric ``key`` in the run: 0 when it has none (or MLflow cannot say)."""
+        steps: list[int] = []
+        self._call(f"read the history of {key}",
+                   lambda: steps.extend(m.step for m in self.client.get_metric_history(self.run_id, key)))  # fmt: skip
+        return max(steps, default=0)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
