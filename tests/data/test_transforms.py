@@ -339,3 +339,69 @@ def test_eval_transform_is_deterministic_and_printable() -> None:
     assert "crop_fraction=0.875" in repr(transform)
     with pytest.raises(ValueError, match="image_size"):
         EvalTransform((0, 10))
+
+
+def test_a_view_is_its_sampled_choices_applied():
+    """__call__ = apply(sample(h, w)), drawing nothing else: a decoder elsewhere can replay the choices."""
+    transform = DistillationTransform(DistillationTransformArgs(
+        image_size=(24, 32), random_rotation=RandomRotationArgs(prob=0.5, degrees=20),
+        solarize=SolarizeArgs(prob=0.5, threshold=0.5), gaussian_blur=GaussianBlurArgs(prob=0.5, sigmas=(0.5, 2)),
+    ))  # fmt: skip
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        direct = transform(image)
+        torch.manual_seed(seed)
+        params = transform.sample(50, 70)
+        assert torch.equal(transform.apply(image, params), direct)
+
+
+def test_10k_draws_follow_the_default_table():
+    """The distribution of the sampled choices over 10,000 views matches LightlyTrain's default settings
+    (tolerances: about 4 standard errors)."""
+    table = SEED_DEFAULTS
+    transform = DistillationTransform()
+    torch.manual_seed(0)
+    views = [transform.sample(300, 400) for _ in range(10_000)]
+
+    def share(predicate) -> float:
+        return sum(map(predicate, views)) / len(views)
+
+    assert share(lambda v: v.horizontal_flip) == pytest.approx(table["random_flip"]["horizontal_prob"], abs=0.02)
+    assert share(lambda v: v.vertical_flip) == 0.0
+    assert share(lambda v: bool(v.jitter)) == pytest.approx(table["color_jitter"]["prob"], abs=0.02)
+    assert share(lambda v: v.grayscale) == pytest.approx(table["random_gray_scale"], abs=0.02)
+    assert share(lambda v: v.blur is not None) == 0.0  # sigma <= 0.1 px cannot change a uint8 pixel
+    assert share(lambda v: v.rotation is not None or v.solarize) == 0.0  # both off by default
+
+    # Crops: the same distribution as torchvision's RandomResizedCrop (area ~ U(min_scale, 1) and aspect ~
+    # logU(3/4, 4/3), redrawn when the box does not fit, so large boxes are rarer than the uniform draw).
+    from torchvision.transforms import RandomResizedCrop
+
+    low = table["random_resize"]["min_scale"]
+    reference = [RandomResizedCrop.get_params(torch.empty(3, 300, 400), [low, 1.0], [3 / 4, 4 / 3])
+                 for _ in range(10_000)]  # fmt: skip
+    for boxes in ([v.crop for v in views], reference):
+        areas = torch.tensor([h * w / (300 * 400) for _, _, h, w in boxes])
+        aspects = torch.tensor([w / h for _, _, h, w in boxes])
+        assert areas.min() >= low * 0.97 and areas.max() <= 1.0  # rounding to whole pixels
+        assert aspects.min() >= 0.74 and aspects.max() <= 1.35
+    ours = torch.tensor([[h * w / (300 * 400), math.log(w / h)] for _, _, h, w in (v.crop for v in views)])
+    theirs = torch.tensor([[h * w / (300 * 400), math.log(w / h)] for _, _, h, w in reference])
+    quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+    for column in (0, 1):
+        assert torch.allclose(ours[:, column].quantile(quantiles), theirs[:, column].quantile(quantiles), atol=0.015)
+
+    jitter = table["color_jitter"]
+    ranges = {name: (1 - jitter[name] * jitter["strength"], 1 + jitter[name] * jitter["strength"])
+              for name in ("brightness", "contrast", "saturation")}  # fmt: skip
+    ranges["hue"] = (-jitter["hue"] * jitter["strength"], jitter["hue"] * jitter["strength"])
+    jittered = [v.jitter for v in views if v.jitter]
+    for name, (lo, hi) in ranges.items():
+        factors = torch.tensor([f for j in jittered for n, f in j if n == name])
+        assert len(factors) == len(jittered)  # every op, once per jittered view
+        assert factors.min() >= lo and factors.max() <= hi
+        assert factors.mean().item() == pytest.approx((lo + hi) / 2, abs=0.01 * (hi - lo) + 1e-3)
+    firsts = [j[0][0] for j in jittered]
+    for name in ranges:  # a random order: each op comes first a quarter of the time
+        assert firsts.count(name) / len(firsts) == pytest.approx(0.25, abs=0.025)

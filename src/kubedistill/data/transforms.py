@@ -35,6 +35,7 @@ __all__ = [
     "RandomResizeArgs",
     "RandomRotationArgs",
     "SolarizeArgs",
+    "ViewParams",
 ]
 
 # Aspect-ratio range of the random resized crop (the usual Inception-style crop).
@@ -205,6 +206,25 @@ def _check_non_negative(args: object, name: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ViewParams:
+    """Every random choice of one augmented view, drawn before any pixel is touched.
+
+    ``DistillationTransform.sample`` draws them (from torch's global RNG, seeded per sample in training) and
+    ``apply`` uses them; a decoder on another device (DALI) can take the same values as per-sample inputs, so
+    both give the same crop, flips and colour changes for the same (seed, epoch, index).
+    """
+
+    crop: tuple[int, int, int, int]  # top, left, height, width in the decoded image
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    rotation: float | None = None  # degrees, counter-clockwise
+    jitter: tuple[tuple[str, float], ...] = ()  # (brightness|contrast|saturation|hue, factor), in order
+    grayscale: bool = False
+    blur: tuple[int, float] | None = None  # (kernel size, sigma); None when off or when it changes no pixel
+    solarize: bool = False
+
+
 class DistillationTransform:
     """The single augmented view of the distillation method (the same tensor feeds teacher and student).
 
@@ -222,22 +242,46 @@ class DistillationTransform:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) RGB -> float32 (3, *image_size), normalized."""
         _check_image(image)
+        return self.apply(image, self.sample(image.shape[-2], image.shape[-1]))
+
+    def sample(self, height: int, width: int) -> ViewParams:
+        """The random choices for an image of ``height`` x ``width`` (torch's global RNG, in a fixed order)."""
         a = self.args
-        x = _random_resized_crop(image, a.image_size, (a.random_resize.min_scale, a.random_resize.max_scale))
-        if _coin(a.random_flip.horizontal_prob):
-            x = F.horizontal_flip(x)
-        if _coin(a.random_flip.vertical_prob):
-            x = F.vertical_flip(x)
+        crop = _crop_box(height, width, (a.random_resize.min_scale, a.random_resize.max_scale))
+        horizontal_flip = _coin(a.random_flip.horizontal_prob)
+        vertical_flip = _coin(a.random_flip.vertical_prob)
+        rotation = None
         if a.random_rotation is not None and _coin(a.random_rotation.prob):
-            x = _random_rotation(x, a.random_rotation.degrees)
-        if _coin(a.color_jitter.prob):
-            x = _color_jitter(x, self._jitter_ops)
-        if _coin(a.random_gray_scale):
+            rotation = _uniform(-a.random_rotation.degrees, a.random_rotation.degrees)
+        jitter: tuple[tuple[str, float], ...] = ()
+        if _coin(a.color_jitter.prob):  # random order, as in torchvision's ColorJitter
+            jitter = tuple((self._jitter_ops[i][0], _uniform(*self._jitter_ops[i][1:])) for i in
+                           torch.randperm(len(self._jitter_ops)).tolist())  # fmt: skip
+        grayscale = _coin(a.random_gray_scale)
+        blur = _draw_blur(a.gaussian_blur) if _coin(a.gaussian_blur.prob) else None
+        solarize = a.solarize is not None and _coin(a.solarize.prob)
+        return ViewParams(crop, horizontal_flip, vertical_flip, rotation, jitter, grayscale, blur, solarize)
+
+    def apply(self, image: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        """uint8 (3, H, W) -> float32 (3, *image_size), normalized, with the choices in ``params``."""
+        top, left, h, w = params.crop
+        x = F.resized_crop(image, top, left, h, w, list(self.args.image_size),
+                           interpolation=InterpolationMode.BILINEAR, antialias=True)  # fmt: skip
+        if params.horizontal_flip:
+            x = F.horizontal_flip(x)
+        if params.vertical_flip:
+            x = F.vertical_flip(x)
+        if params.rotation is not None:
+            x = F.rotate(x, params.rotation, interpolation=InterpolationMode.BILINEAR)
+        for name, factor in params.jitter:
+            x = _JITTER_KERNELS[name](x, factor)
+        if params.grayscale:
             x = F.rgb_to_grayscale(x, num_output_channels=3)
-        if _coin(a.gaussian_blur.prob):
-            x = _random_gaussian_blur(x, a.gaussian_blur)
-        if a.solarize is not None and _coin(a.solarize.prob):
-            x = F.solarize(x, threshold=a.solarize.threshold * 255.0)
+        if params.blur is not None:
+            ksize, sigma = params.blur
+            x = F.gaussian_blur(x, [ksize, ksize], [sigma, sigma])
+        if params.solarize:
+            x = F.solarize(x, threshold=self.args.solarize.threshold * 255.0)
         return self._normalize(x)
 
     def __repr__(self) -> str:
@@ -358,53 +402,45 @@ def _crop_box(height: int, width: int, scale: tuple[float, float]) -> tuple[int,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _random_resized_crop(
-    image: torch.Tensor, size: tuple[int, int], scale: tuple[float, float]
-) -> torch.Tensor:
-    top, left, h, w = _crop_box(image.shape[-2], image.shape[-1], scale)
-    return F.resized_crop(
-        image, top, left, h, w, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
+_JITTER_KERNELS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "brightness": F.adjust_brightness,
+    "contrast": F.adjust_contrast,
+    "saturation": F.adjust_saturation,
+    "hue": F.adjust_hue,
+}
 
-
-def _random_rotation(image: torch.Tensor, degrees: float) -> torch.Tensor:
-    return F.rotate(image, _uniform(-degrees, degrees), interpolation=InterpolationMode.BILINEAR)
-
-
-_JitterOp = tuple[Callable[[torch.Tensor, float], torch.Tensor], float, float]
+_JitterOp = tuple[str, float, float]
 
 
 def _jitter_ops(args: ColorJitterArgs) -> list[_JitterOp]:
-    """(op, low, high) for each jitter with a non-zero range, as torchvision's ColorJitter draws them."""
+    """(name, low, high) for each jitter with a non-zero range, as torchvision's ColorJitter draws them."""
     ops: list[_JitterOp] = []
-    for op, amount in (
-        (F.adjust_brightness, args.brightness),
-        (F.adjust_contrast, args.contrast),
-        (F.adjust_saturation, args.saturation),
-    ):
+    for name, amount in (("brightness", args.brightness), ("contrast", args.contrast),
+                         ("saturation", args.saturation)):  # fmt: skip
         if amount * args.strength > 0:
-            ops.append((op, max(0.0, 1.0 - amount * args.strength), 1.0 + amount * args.strength))
+            ops.append((name, max(0.0, 1.0 - amount * args.strength), 1.0 + amount * args.strength))
     if args.hue * args.strength > 0:
-        ops.append((F.adjust_hue, -args.hue * args.strength, args.hue * args.strength))
+        ops.append(("hue", -args.hue * args.strength, args.hue * args.strength))
     return ops
 
 
-def _color_jitter(image: torch.Tensor, ops: list[_JitterOp]) -> torch.Tensor:
-    for i in torch.randperm(len(ops)).tolist():  # random order, as in torchvision's ColorJitter
-        op, low, high = ops[i]
-        image = op(image, _uniform(low, high))
-    return image
-
-
-def _random_gaussian_blur(image: torch.Tensor, args: GaussianBlurArgs) -> torch.Tensor:
+def _draw_blur(args: GaussianBlurArgs) -> tuple[int, float] | None:
+    """(kernel size, sigma) of one blur; None when it would leave every uint8 pixel as it is."""
     sigma = _uniform(*args.sigmas)
     if args.blur_limit == 0:
         ksize = _kernel_size_for_sigma(sigma)
     else:
         ksize = 3 + 2 * _randint(0, (args.blur_limit - 3) // 2)
     if ksize == 1 or sigma <= 0 or _blur_is_identity(ksize, sigma):
+        return None
+    return ksize, sigma
+
+
+def _random_gaussian_blur(image: torch.Tensor, args: GaussianBlurArgs) -> torch.Tensor:
+    blur = _draw_blur(args)
+    if blur is None:
         return image
-    return F.gaussian_blur(image, [ksize, ksize], [sigma, sigma])
+    return F.gaussian_blur(image, [blur[0], blur[0]], [blur[1], blur[1]])
 
 
 def _kernel_size_for_sigma(sigma: float) -> int:
