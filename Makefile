@@ -26,7 +26,7 @@ setup: $(SETUP_STAMP) ## Create/update .venv with the project and its test extra
 $(SETUP_STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[pipelines,test]'
+	$(PY) -m pip install -q -e '.[pipelines,test,gpu]'
 	$(PY) -m pip install -q --no-deps $(DINOV2_REF)
 	@touch $@
 

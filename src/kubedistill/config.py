@@ -261,6 +261,10 @@ class LoaderArgs:
     remote: Literal["auto", "stage", "stream"] = "auto"
     # Node-local folder for staged images; default $KUBEDISTILL_CACHE_DIR/data or ~/.cache/kubedistill/data.
     cache_dir: str | None = None
+    # Who decodes and augments: "torch" (DataLoader workers on the CPU), "dali" (NVIDIA DALI: nvJPEG and the
+    # augmentations on the GPU, its CPU backend on a CPU; needs `pip install kubedistill[gpu]`), "auto" (DALI
+    # when training on CUDA with DALI installed, else torch). The random choices are ours either way.
+    backend: Literal["auto", "torch", "dali"] = "auto"
 
     def problems(self) -> list[str]:
         found = []

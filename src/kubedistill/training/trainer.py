@@ -15,6 +15,7 @@ from torch import nn
 
 from kubedistill import storage
 from kubedistill.config import TrainConfig, to_dict
+from kubedistill.data.dali import DaliLoader, ImageBytesReader, resolve_backend
 from kubedistill.data.datasets import FailureCounter, ImageDataset, make_dataloader, resolve_num_workers
 from kubedistill.data.remote import ImageReader, choose_remote_mode, data_cache_dir, stage
 from kubedistill.data.sources import ImageList, resolve_images
@@ -184,53 +185,59 @@ class Trainer:
                 "lower batch_size or add images"
             )
         self.transform = DistillationTransform(cfg.transform_args)
-        self.dataset = ImageDataset(files, self.transform, seed=cfg.seed, loader=self._image_reader(images))
+        cache = self._staged_cache(images)
         self.per_device_batch = cfg.batch_size // self.proc.world_size
         num_workers = resolve_num_workers(
             cfg.num_workers, world_size_local=self.proc.local_world_size, compute_on_cpu=self.device.type == "cpu"
         )
-        pin = cfg.loader_args.pin_memory
-        self.loader = make_dataloader(
-            dataset=self.dataset,
-            batch_size=self.per_device_batch,
-            num_workers=num_workers,
-            shuffle=True,
-            seed=cfg.seed,
-            drop_last=True,
-            rank=self.proc.rank,
-            world_size=self.proc.world_size,
-            pin_memory=self.device.type == "cuda" if pin == "auto" else pin,
-            persistent_workers=cfg.loader_args.persistent_workers and num_workers > 0,
-            prefetch_factor=cfg.loader_args.prefetch_factor if num_workers > 0 else None,
-        )
+        self.loader_backend = resolve_backend(cfg.loader_args.backend, self.device)
+        if self.loader_backend == "dali":
+            # Decoding and augmentation in DALI (nvJPEG on CUDA); the random choices are still ours.
+            self.loader = DaliLoader(
+                files, self.transform, batch_size=self.per_device_batch, seed=cfg.seed, rank=self.proc.rank,
+                world_size=self.proc.world_size, device=self.device, num_threads=max(1, num_workers),
+                read_bytes=ImageBytesReader(cache),
+            )  # fmt: skip
+        else:
+            pin = cfg.loader_args.pin_memory
+            self.loader = make_dataloader(
+                dataset=ImageDataset(files, self.transform, seed=cfg.seed, loader=ImageReader(cache)),
+                batch_size=self.per_device_batch,
+                num_workers=num_workers,
+                shuffle=True,
+                seed=cfg.seed,
+                drop_last=True,
+                rank=self.proc.rank,
+                world_size=self.proc.world_size,
+                pin_memory=self.device.type == "cuda" if pin == "auto" else pin,
+                persistent_workers=cfg.loader_args.persistent_workers and num_workers > 0,
+                prefetch_factor=cfg.loader_args.prefetch_factor if num_workers > 0 else None,
+            )
         self.failures = FailureCounter(self.num_images, cfg.loader_args.max_bad_fraction)
         self._pending_failures: list[tuple[str, str]] = []  # this rank's, not yet counted with the others
         self.steps_per_epoch = len(self.loader)
         epoch_steps = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(epoch_steps, cfg.max_steps) if cfg.max_steps else epoch_steps
-        logger.info(
-            "%d images, %d steps per epoch of global batch %d, %d steps in total, %d data workers per process",
-            self.num_images,
-            self.steps_per_epoch,
-            cfg.batch_size,
-            self.total_steps,
-            num_workers,
-        )
+        workers = f"DALI with {max(1, num_workers)} threads" if self.loader_backend == "dali" else (
+            f"{num_workers} data workers")  # fmt: skip
+        logger.info("%d images, %d steps per epoch of global batch %d, %d steps in total, %s per process",
+                    self.num_images, self.steps_per_epoch, cfg.batch_size, self.total_steps, workers)  # fmt: skip
 
-    def _image_reader(self, images: ImageList) -> ImageReader:
-        """Local files are read in place; gs:// ones staged to the node's disk first or streamed."""
+    def _staged_cache(self, images: ImageList) -> Path | None:
+        """Local files are read in place (None); gs:// ones staged to the node's disk first (the folder they are
+        in) or streamed (None)."""
         self.remote_mode = None
         if not images.remote:
-            return ImageReader()
+            return None
         largs = self.config.loader_args
         cache = data_cache_dir(largs.cache_dir)
         self.remote_mode = choose_remote_mode(largs.remote, images.remote_bytes, cache)
         if self.remote_mode == "stream":
-            return ImageReader()
+            return None
         stage(images.uris, cache, sizes=images.sizes, sha256=images.sha256)
         # Every node stages the same files at about the same speed, so the wait here is short.
         distributed.barrier()
-        return ImageReader(cache)
+        return cache
 
     def _setup_model(self) -> None:
         cfg, margs = self.config, self.config.method_args
@@ -373,7 +380,9 @@ class Trainer:
         """The settings that decide what a run computes, flattened (dotted keys), as JSON values."""
         plain = json.loads(json.dumps(to_dict(self.config), default=str))
         flat = {k: v for k, v in flatten(plain).items() if not k.startswith(_HARMLESS_PREFIXES) and k not in _HARMLESS}
-        flat.update({"data_fingerprint": self.data_fingerprint, "world_size": self.proc.world_size})
+        # The loader actually used (auto resolves by device): DALI and torch resize and clip slightly differently.
+        flat.update({"data_fingerprint": self.data_fingerprint, "world_size": self.proc.world_size,
+                     "loader_backend": self.loader_backend})  # fmt: skip
         return flat
 
     # ------------------------------------------------------------------ training
@@ -604,6 +613,7 @@ class Trainer:
             "data_fingerprint": self.data_fingerprint,
             "teacher_sha256": self.teacher_sha256,
             "remote_data": self.remote_mode,
+            "loader_backend": self.loader_backend,
         }
         return resolved
 
