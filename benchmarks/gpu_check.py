@@ -1,15 +1,29 @@
-"""GPU check: training speed and FLOP utilisation on one NVIDIA GPU (CUDA).
+"""GPU check: whole-step speed, model FLOP utilisation (MFU) and what limits the step, on one NVIDIA GPU.
 
-resnet50 student + dinov2/vitb14 teacher (random weights, the official architecture), 224x224, global batch
-256, bf16-mixed, one GPU: `kubedistill.train` for ``--steps`` steps on generated JPEGs (images/s over the steps
-after ``--warmup``, peak GPU memory, whether the loader keeps up), then the per-phase FLOP breakdown of
-benchmarks/flops_breakdown.py on the GPU (matmul peak fp32/bf16, teacher forward, student forward+backward).
-Prints one table in BENCHMARKS.md's format; writes it to ``--out``/gpu_check.md too.
+For each student (``--models``, default resnet18 and resnet50) with the dinov2/vitb14 teacher (random weights,
+the official architecture), 224x224, batch ``--batch-size`` (256), bf16-mixed, on generated JPEGs:
 
-Needs a Python whose torch is a CUDA build, with torchvision, timm, pyyaml, tqdm and pillow, and the project
-installed or the source tree on PYTHONPATH (nothing is downloaded: the teacher's weights are random), e.g.
+1. **loader alone**: images/s of the torch DataLoader (``--workers`` processes) and of DALI (nvJPEG and the
+   augmentations on the GPU), each iterated without training: can the loader feed the GPU?
+2. **model alone**: images/s of the training step on one batch already on the GPU, eager and compiled
+   (``compile=true``): what the GPU can do when the loader costs nothing.
+3. **whole step**: ``kubedistill.train`` with each loader (``--loaders``) and compile setting (``--compile``):
+   images/s (median over the steps after ``--warmup``), MFU, peak GPU memory, and "GPU busy": whole-step
+   images/s over model-alone images/s (1.0: the loader never makes the GPU wait), and, when NVML is
+   available, the mean of ``torch.cuda.utilization()`` sampled during the run.
 
-    PYTHONPATH=src python3 benchmarks/gpu_check.py --out DIR
+MFU = counted FLOPs per image (teacher forward + student forward and backward, torch.utils.flop_counter) x
+images/s / the GPU's dense bf16 peak (the datasheet figure when the GPU is known, else a measured matmul peak;
+the table says which). Each measurement runs in its own process; results are appended to ``--out``/gpu_check.md
+as they come, so a run cut short by a time limit keeps what it measured.
+
+Needs an NVIDIA GPU with its driver, a CUDA build of torch, and the project installed with its GPU extra
+(``pip install kubedistill[gpu]``, for DALI) or the source tree on PYTHONPATH. Nothing is downloaded. On an
+H200 the whole default set takes about 15 minutes (compiling is most of it); ``--models torchvision/resnet18``
+halves that.
+
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out DIR [--models ...] [--loaders torch,dali]
+        [--compile false,true]
 """
 
 from __future__ import annotations
@@ -23,76 +37,257 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# Dense bf16 tensor-core peaks from the datasheets (TFLOP/s, without sparsity), by a substring of the name.
+DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
+                         "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0}  # fmt: skip
 
-def train_run(args: argparse.Namespace, data: Path, out: Path) -> dict:
+
+# --- children: each measurement in a fresh process -----------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, model: str, data: Path, out: Path, loader: str, compiled: bool) -> dict:
+    return {
+        "out": str(out), "data": str(data), "model": model, "overwrite": True, "epochs": 1000,
+        "method_args": {"teacher": args.teacher, "teacher_weights": "none"}, "batch_size": args.batch_size,
+        "max_steps": args.steps, "precision": "bf16-mixed", "accelerator": "cuda", "log_every_n_steps": 1,
+        "num_workers": args.workers, "loader_args": {"backend": loader}, "compile": compiled,
+    }  # fmt: skip
+
+
+def child_train(spec: dict) -> dict:
+    """A whole run: images/s per logged step from metrics.jsonl, peak memory, NVML utilisation samples."""
     import torch
+    import yaml
 
     import kubedistill
 
-    torch.cuda.reset_peak_memory_stats()
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            try:
+                samples.append(float(torch.cuda.utilization()))
+            except Exception:  # no NVML here: the ratio to the model-alone speed still tells
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
-    kubedistill.train(
-        out=out, data=data, model=args.model, method_args={"teacher": args.teacher, "teacher_weights": "none"},
-        batch_size=args.batch_size, max_steps=args.steps, epochs=1000, precision="bf16-mixed",
-        accelerator="cuda", log_every_n_steps=1, overwrite=True,
-    )  # fmt: skip
+    kubedistill.train(**spec["config"])
     wall = time.perf_counter() - start
+    stop.set()
+    out = Path(spec["config"]["out"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["images_per_second"] for r in records[args.warmup :]]
-    return {"images_per_second": statistics.median(speeds), "min": min(speeds), "max": max(speeds),
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20, "wall_s": wall,
-            "final_loss": records[-1]["loss"]}  # fmt: skip
+    speeds = [r["images_per_second"] for r in records[spec["warmup"] :]]
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
+    # The first samples cover set-up and compiling: keep the last half, when steps run.
+    busy = statistics.mean(samples[len(samples) // 2 :]) if len(samples) >= 4 else None
+    return {"images_per_second": statistics.median(speeds), "wall_s": wall, "nvml_busy": busy,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20, "loader": resolved.get("loader_backend"),
+            "compile": resolved.get("compile")}  # fmt: skip
+
+
+def child_model_alone(spec: dict) -> dict:
+    """The training step on one batch that stays on the GPU (no loader), timed with synchronisation."""
+    import torch
+
+    from kubedistill.config import build_train_config
+    from kubedistill.training.trainer import Trainer
+
+    # Enough scheduled steps for the warm-up and the timed ones (the lr schedule is indexed by step).
+    trainer = Trainer(build_train_config({**spec["config"], "max_steps": spec["warmup"] + spec["steps"] + 1}))
+    trainer.setup()
+    try:
+        images = next(iter(trainer._epoch_batches())).to(trainer.device)
+        for _ in range(spec["warmup"]):
+            trainer._train_step(images)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(spec["steps"]):
+            trainer._train_step(images)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    finally:
+        trainer.cleanup()
+    return {"images_per_second": spec["steps"] * images.shape[0] / seconds}
+
+
+def child_loader_alone(spec: dict) -> dict:
+    """Iterate the loader the trainer builds, without training; the batch is synchronised on the GPU."""
+    import torch
+
+    from kubedistill.config import build_train_config
+    from kubedistill.training.trainer import Trainer
+
+    trainer = Trainer(build_train_config(spec["config"]))
+    trainer.setup()
+    try:
+        batches = trainer._epoch_batches()
+        for _ in range(spec["warmup"]):
+            next(batches).to(trainer.device, non_blocking=True)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(spec["steps"]):
+            next(batches).to(trainer.device, non_blocking=True)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    finally:
+        trainer.cleanup()
+    return {"images_per_second": spec["steps"] * spec["config"]["batch_size"] / seconds}
+
+
+def child_flops(spec: dict) -> dict:
+    """FLOPs per image of a training step (teacher forward + student forward and backward), counted at batch 8."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kubedistill.methods.distillation.loss import distillation_loss
+    from kubedistill.models.students import build_student
+    from kubedistill.models.teachers import load_teacher
+
+    teacher = load_teacher(spec["teacher"], weights="none").cuda()
+    student = build_student(spec["model"]).cuda()
+    head = torch.nn.Linear(student.feature_dim, teacher.embed_dim).cuda()
+    images = torch.randn(8, 3, 224, 224, device="cuda")
+    with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.no_grad():
+            target = torch.nn.functional.normalize(teacher(images).float(), dim=-1)
+        vectors = torch.nn.functional.normalize(head(student(images)).float(), dim=-1)
+        distillation_loss(vectors, target, target, temperature=0.07).backward()
+    return {"flops_per_image": counter.get_total_flops() / 8}
+
+
+CHILDREN = {"train": child_train, "model": child_model_alone, "loader": child_loader_alone, "flops": child_flops}
+
+
+def run_child(kind: str, spec: dict, timeout: float) -> dict:
+    code = f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import gpu_check; " \
+           f"print('RESULT ' + json.dumps(gpu_check.CHILDREN[{kind!r}](json.loads(sys.argv[1]))))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                              timeout=timeout, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {done.returncode}: {tail[0][:300]}"}
+
+
+# --- the parent -----------------------------------------------------------------------------------------------
+
+
+def bf16_peak(device_name: str) -> tuple[float, str]:
+    """(FLOP/s, where it comes from): the datasheet's dense bf16 figure, else the best large matmul here."""
+    for key, tflops in DATASHEET_BF16_TFLOPS.items():
+        if key in device_name:
+            return tflops * 1e12, f"datasheet {tflops:.0f} TFLOP/s"
+    sys.path.insert(0, str(HERE))
+    import torch
+    from flops_breakdown import matmul_peak
+
+    measured = matmul_peak(torch.bfloat16, 8192, torch.device("cuda"))
+    return measured, f"measured matmul {measured / 1e12:.0f} TFLOP/s"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="torchvision/resnet50")
+    parser.add_argument("--models", default="torchvision/resnet18,torchvision/resnet50")
     parser.add_argument("--teacher", default="dinov2/vitb14")
+    parser.add_argument("--loaders", default="torch,dali")
+    parser.add_argument("--compile", default="false,true", help="compile settings of the whole-step runs")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.md (the table)")
+    parser.add_argument("--workers", type=int, default=None, help="torch loader processes (default: all CPUs but one)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
+    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.md")
     args = parser.parse_args()
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this check is for a GPU machine")
+        raise SystemExit("no CUDA device: this check needs an NVIDIA GPU and a CUDA build of torch")
+    args.workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    models = [m for m in args.models.split(",") if m]
+    loaders = [x for x in args.loaders.split(",") if x]
+    compiles = [c.strip().lower() == "true" for c in args.compile.split(",") if c]
+    name = torch.cuda.get_device_name()
+    peak, peak_source = bf16_peak(name)
+    lines = [
+        f"### GPU check: {', '.join(models)} + {args.teacher} (random weights), 224x224, batch {args.batch_size}, "
+        "bf16-mixed, one GPU",
+        f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {name}; torch {torch.__version__}; "
+        f"date: {datetime.date.today().isoformat()}; torch loader: {args.workers} worker processes",
+        f"- MFU against the {peak_source} bf16 peak; {args.steps} steps per run, median over steps after "
+        f"{args.warmup}",
+        "",
+        "| student | measurement | loader | compiled | images/s | MFU | GPU busy (vs model alone) | NVML busy | "
+        "peak GPU MiB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def emit(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+
+    for line in lines[:-1]:
+        print(line, flush=True)
+    emit(lines.pop())
     sys.path.insert(0, str(HERE))
     from train_speed import make_images
 
-    lines = []
     with tempfile.TemporaryDirectory(prefix="kubedistill-gpu-") as tmp:
         data = Path(tmp) / "images"
-        make_images(data, args.batch_size * (args.steps + 1))
-        run = train_run(args, data, Path(tmp) / "run")
-    command = [sys.executable, str(HERE / "flops_breakdown.py"), "--device", "cuda", "--model", args.model,
-               "--teacher", args.teacher, "--batch-size", str(args.batch_size), "--product-steps", "0",
-               "--matmul-size", "8192"]  # fmt: skip
-    flops = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines.append(f"### GPU check: {args.model} + {args.teacher} (random weights), 224x224, batch {args.batch_size}, "
-                 "bf16-mixed, one GPU")  # fmt: skip
-    lines.append(f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`".replace(" `", " `"))
-    lines.append(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.cuda.get_device_name()}; "
-                 f"torch {torch.__version__}; date: {datetime.date.today().isoformat()}")  # fmt: skip
-    lines.append(f"- {args.steps} steps, median images/s over steps {args.warmup + 1}-{args.steps}")
-    lines.append("")
-    lines.append("| images/s (median) | min-max | peak GPU memory (MiB) | wall (s) | final loss |")
-    lines.append("|---:|---:|---:|---:|---:|")
-    lines.append(f"| {run['images_per_second']:.0f} | {run['min']:.0f}-{run['max']:.0f} | {run['peak_gpu_mib']:.0f} | "
-                 f"{run['wall_s']:.0f} | {run['final_loss']:.4f} |")  # fmt: skip
-    lines.append("")
-    lines.append(flops.stdout[flops.stdout.find("###"):] if flops.returncode == 0 else
-                 f"flops_breakdown failed:\n{flops.stderr[-2000:]}")  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_check.md").write_text(text + "\n")
+        make_images(data, args.batch_size * (args.steps + args.warmup + 2))
+        for model in models:
+            flops = run_child("flops", {"model": model, "teacher": args.teacher}, args.timeout)
+            per_image = flops.get("flops_per_image")
+
+            def mfu(rate: float, flops_per_image: float | None = per_image) -> str:
+                return f"{flops_per_image * rate / peak:.1%}" if flops_per_image else "n/a"
+
+            for loader in loaders:
+                spec = {"config": _config(args, model, data, Path(tmp) / "l", loader, False),
+                        "steps": args.steps, "warmup": 2}  # fmt: skip
+                r = run_child("loader", spec, args.timeout)
+                emit(f"| {model} | loader alone | {loader} | - | {_rate(r)} | - | - | - | - |")
+            alone = {}
+            for compiled in compiles:
+                spec = {"config": _config(args, model, data, Path(tmp) / "m", "torch", compiled),
+                        "steps": args.steps, "warmup": 3}  # fmt: skip
+                r = alone[compiled] = run_child("model", spec, args.timeout)
+                rate = r.get("images_per_second")
+                emit(f"| {model} | model alone | - | {compiled} | {_rate(r)} | {mfu(rate) if rate else 'n/a'} | "
+                     "- | - | - |")  # fmt: skip
+            for compiled in compiles:
+                for loader in loaders:
+                    out = Path(tmp) / f"run-{loader}-{compiled}"
+                    spec = {"config": _config(args, model, data, out, loader, compiled), "warmup": args.warmup}
+                    r = run_child("train", spec, args.timeout)
+                    rate, model_rate = r.get("images_per_second"), alone[compiled].get("images_per_second")
+                    busy = f"{rate / model_rate:.0%}" if rate and model_rate else "n/a"
+                    nvml = f"{r['nvml_busy']:.0f}%" if r.get("nvml_busy") is not None else "n/a"
+                    memory = f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else "n/a"
+                    emit(f"| {model} | whole step | {loader} | {compiled} | {_rate(r)} | "
+                         f"{mfu(rate) if rate else 'n/a'} | {busy} | {nvml} | {memory} |")  # fmt: skip
+            emit(f"| {model} | FLOPs per image | - | - | {per_image / 1e9:.1f} GFLOP | - | - | - | - |"
+                 if per_image else f"| {model} | FLOPs per image | - | - | {flops.get('error')} | - | - | - | - |")
+
+
+def _rate(result: dict) -> str:
+    return f"{result['images_per_second']:.0f}" if "images_per_second" in result else result.get("error", "n/a")
 
 
 if __name__ == "__main__":

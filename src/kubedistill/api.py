@@ -40,6 +40,7 @@ def train(
     devices: int | Literal["auto"] = "auto",
     num_nodes: int = 1,
     precision: str = "auto",
+    compile: bool | Literal["auto"] = "auto",
     seed: int = 0,
     resume_interrupted: bool = False,
     checkpoint: PathLike | None = None,

@@ -292,6 +292,9 @@ class TrainConfig:
     devices: int | Literal["auto"] = "auto"
     num_nodes: int = 1
     precision: Literal["auto", "32-true", "bf16-mixed", "bf16-teacher", "16-mixed"] = "auto"
+    # torch.compile of the frozen teacher and the student: "auto" on CUDA for runs long enough to repay the
+    # compile time (never on a CPU, where it measured slower), true on any device, false never.
+    compile: bool | Literal["auto"] = "auto"
     seed: int = 0
     resume_interrupted: bool = False
     checkpoint: str | None = None

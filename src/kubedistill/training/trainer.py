@@ -33,6 +33,7 @@ from kubedistill.tracking.training import TrainingTracker
 from kubedistill.training import distributed
 from kubedistill.training.allocator import tune_glibc_malloc
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from kubedistill.training.compile import CompileReport, compile_models, decide_compile, example_batch
 from kubedistill.training.logs import MetricsWriter, Progress, close_logging, setup_logging
 from kubedistill.training.optim import build_optimizer, resolve_warmup_steps, set_lr, warmup_cosine_schedule
 from kubedistill.training.precision import (
@@ -52,7 +53,7 @@ KEEP_CHECKPOINTS = 3
 RESUME_FROM_RANK_0 = Path("<rank 0's checkpoint>")
 # Settings that say where or how a run is launched and logged, not what it computes: a resume may change them.
 _HARMLESS = frozenset({"out", "overwrite", "resume_interrupted", "log_every_n_steps", "checkpoint_every_n_steps",
-                       "num_workers", "checkpoint", "accelerator", "devices", "num_nodes"})  # fmt: skip
+                       "num_workers", "checkpoint", "accelerator", "devices", "num_nodes", "compile"})  # fmt: skip
 _HARMLESS_PREFIXES = ("loader_args.", "mlflow.")
 # Epoch ends get a checkpoint too, but at most one per minute: small datasets run thousands of short epochs.
 EPOCH_END_MIN_INTERVAL_S = 60.0
@@ -115,6 +116,7 @@ class Trainer:
             self._resume(resume_path)
         elif cfg.checkpoint:
             self._load_initial_weights(cfg.checkpoint)
+        self.compile_report = self._compile_models()  # after a resume: only the steps left count
         if self.is_main:
             self.layout.config.write_text(yaml.safe_dump(self.resolved_config(), sort_keys=False))
             self.tracker = TrainingTracker.start(
@@ -122,6 +124,23 @@ class Trainer:
             )
             self.folder.push(self.layout.config, self.layout.root / RUN_FILE)
         self.metrics = MetricsWriter(self.layout.metrics)
+
+    def _compile_models(self) -> CompileReport:
+        """torch.compile the teacher and the student as ``compile`` decides, warmed up on a batch of the
+        training's shape (the time is logged and written to config.yaml)."""
+        cfg = self.config
+        decision = decide_compile(cfg.compile, device=self.device, total_steps=self.total_steps - self.step,
+                                  per_device_batch=self.per_device_batch, world_size=self.proc.world_size)  # fmt: skip
+        if not (decision.teacher or decision.student):
+            logger.info("%s", decision.reason)
+            return CompileReport(decision)
+        example = example_batch(self.per_device_batch, cfg.transform_args.image_size, self.device,
+                                channels_last=self.channels_last)  # fmt: skip
+        return compile_models(
+            decision, teacher=self.method.teacher, student=self.method.student, example=example,
+            teacher_autocast=self.precision.teacher_autocast(self.device),
+            student_autocast=self.precision.student_autocast(self.device),
+        )  # fmt: skip
 
     def _check_world(self) -> None:
         """Under torchrun the launch decides the process layout; without it, asking for more is an error."""
@@ -614,6 +633,7 @@ class Trainer:
             "teacher_sha256": self.teacher_sha256,
             "remote_data": self.remote_mode,
             "loader_backend": self.loader_backend,
+            "compile": self.compile_report.resolved(),
         }
         return resolved
 
