@@ -18,9 +18,9 @@ the table says which). Each measurement runs in its own process; results are app
 as they come, so a run cut short by a time limit keeps what it measured.
 
 Needs an NVIDIA GPU with its driver, a CUDA build of torch, and the project installed with its GPU extra
-(``pip install kubedistill[gpu]``, for DALI) or the source tree on PYTHONPATH. Nothing is downloaded. On an
-H200 the whole default set takes about 15 minutes (compiling is most of it); ``--models torchvision/resnet18``
-halves that.
+(``pip install kubedistill[gpu]``, for DALI) or the source tree on PYTHONPATH. Nothing is downloaded. It has
+not been timed on a GPU yet; compiling (about a minute per compiled run, by public figures) is most of it, so
+under a time limit start with ``--models torchvision/resnet18``.
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --out DIR [--models ...] [--loaders torch,dali]
         [--compile false,true]
