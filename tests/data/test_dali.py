@@ -32,7 +32,6 @@ from torchvision.transforms.v2 import functional as F
 
 from kubedistill.data.dali import (
     DaliLoader,
-    ImageBytesReader,
     _jitter_terms,
     dali_available,
     oriented_size,
@@ -40,6 +39,7 @@ from kubedistill.data.dali import (
 )
 from kubedistill.data.datasets import ImageDataset, make_dataloader
 from kubedistill.data.images import ImageDecodeError, decode_image
+from kubedistill.data.remote import ImageReader
 from kubedistill.data.transforms import (
     ColorJitterArgs,
     DistillationTransform,
@@ -319,7 +319,7 @@ def test_gives_up_after_max_retries(tmp_path: Path) -> None:
 
 def test_missing_file_is_reported_like_image_reader(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="cannot read the file") as info:
-        ImageBytesReader()(str(tmp_path / "gone.jpg"))
+        ImageReader().read_bytes(str(tmp_path / "gone.jpg"))
     assert info.value.kind == "unreadable"
 
 
@@ -332,7 +332,7 @@ def test_resume_mid_epoch_gives_the_remaining_batches_of_an_uninterrupted_run(fi
 
     def counting_reader(uri: str) -> bytes:
         read.append(uri)
-        return ImageBytesReader()(uri)
+        return ImageReader().read_bytes(uri)
 
     resumed = dali_epoch(files, DEFAULTS, epoch=5, start=2 * BATCH, read_bytes=counting_reader)
     assert len(full) == 4 and len(resumed) == 2

@@ -48,18 +48,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from kubedistill import storage
 from kubedistill.data.datasets import ImageDataset
 from kubedistill.data.images import (
     _EXIF_ORIENTATION_TAG,
@@ -70,7 +67,7 @@ from kubedistill.data.images import (
     _open_header,
     decode_image,
 )
-from kubedistill.data.remote import cache_path
+from kubedistill.data.remote import ImageReader
 from kubedistill.data.samplers import SampleKey, ShardedEpochSampler
 from kubedistill.data.transforms import (
     DistillationTransform,
@@ -80,9 +77,9 @@ from kubedistill.data.transforms import (
     _blur_is_identity,
     _kernel_size_for_sigma,
 )
-from kubedistill.errors import ConfigError, StorageError
+from kubedistill.errors import ConfigError
 
-__all__ = ["BACKENDS", "DaliLoader", "ImageBytesReader", "dali_available", "oriented_size", "resolve_backend"]
+__all__ = ["BACKENDS", "DaliLoader", "dali_available", "oriented_size", "resolve_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,32 +135,6 @@ def _import_dali() -> SimpleNamespace:
 
 
 # --- reading ------------------------------------------------------------------------------------------------
-
-
-class ImageBytesReader:
-    """URI -> the encoded file content, read as ``ImageReader`` reads it: local paths in place, gs:// URIs
-    from their staged copy in ``cache_dir`` when there is one, else from the bucket. Failures are
-    ImageDecodeErrors with ``ImageReader``'s reasons, so the two paths report a bad file the same way."""
-
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None):
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-
-    def __call__(self, uri: str) -> bytes:
-        if not storage.is_gcs(uri):
-            try:
-                with open(uri, "rb") as f:
-                    return f.read()
-            except OSError as e:
-                raise ImageDecodeError(uri, f"cannot read the file ({e.strerror or e})", "unreadable") from e
-        if self.cache_dir is not None:
-            try:
-                return cache_path(self.cache_dir, uri).read_bytes()
-            except FileNotFoundError:
-                pass  # not staged (its download failed, or streaming): read it from the bucket
-        try:
-            return storage.read_bytes(uri)
-        except StorageError as e:
-            raise ImageDecodeError(uri, str(e), "unreadable") from e
 
 
 def oriented_size(
@@ -255,7 +226,8 @@ class DaliLoader:
         device: cuda:N decodes JPEGs with nvJPEG and augments on that GPU (batches stay there); cpu runs
             DALI's CPU operators (tests, and machines without a GPU).
         num_threads: DALI's CPU threads (decoding on the CPU, and nvJPEG's host-side Huffman decoding).
-        read_bytes: URI -> file content; default ``ImageBytesReader()`` (give it the staging cache folder).
+        read_bytes: URI -> file content; default ``ImageReader().read_bytes`` (give it the staging cache
+            folder: ``ImageReader(cache_dir).read_bytes``).
         max_retries: substitutes tried after a failure before ``DataError``.
         max_pixels: larger images are rejected from their header, as ``decode_image`` does.
         io_threads: threads that read the next batch's files while the current one is processed (a gs://
@@ -306,7 +278,7 @@ class DaliLoader:
         self.num_threads = num_threads
         self.drop_last = drop_last
         self.keep_params = keep_params
-        self._source = _SampleSource(read_bytes or ImageBytesReader(), max_pixels)
+        self._source = _SampleSource(read_bytes or ImageReader().read_bytes, max_pixels)
         self._dataset = ImageDataset(
             files, _DrawParams(transform), max_retries=max_retries, loader=self._source, seed=seed
         )

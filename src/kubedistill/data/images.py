@@ -39,6 +39,7 @@ __all__ = [
     "decode_image",
     "decode_image_with_format",
     "has_image_extension",
+    "read_file_bytes",
     "read_image",
 ]
 
@@ -89,12 +90,17 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXE
         ImageDecodeError: the file cannot be read (missing, permission) or decoded.
     """
     source = os.fspath(path)
+    return decode_image(read_file_bytes(source), source=source, max_pixels=max_pixels)
+
+
+def read_file_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A local file's content; ImageDecodeError ("unreadable") when it cannot be read (missing, permission)."""
+    source = os.fspath(path)
     try:
         with open(source, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
         raise ImageDecodeError(source, f"cannot read the file ({e.strerror or e})", "unreadable") from e
-    return decode_image(data, source=source, max_pixels=max_pixels)
 
 
 def decode_image(data: bytes, *, source: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from kubedistill import storage
-from kubedistill.data.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image, read_image
+from kubedistill.data.images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image, read_file_bytes
 from kubedistill.errors import StorageError
 
 __all__ = ["ImageReader", "StageStats", "cache_path", "choose_remote_mode", "data_cache_dir", "stage"]
@@ -66,21 +66,22 @@ class ImageReader:
         self.max_pixels = max_pixels
 
     def __call__(self, uri: str) -> torch.Tensor:
+        return decode_image(self.read_bytes(uri), source=uri, max_pixels=self.max_pixels)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The encoded file: a local path in place; a gs:// URI from its staged copy in ``cache_dir`` when there
+        is one, else from the bucket. ImageDecodeError ("unreadable") when it cannot be read."""
         if not storage.is_gcs(uri):
-            return read_image(uri, max_pixels=self.max_pixels)
+            return read_file_bytes(uri)
         if self.cache_dir is not None:
-            local = cache_path(self.cache_dir, uri)
             try:
-                data = local.read_bytes()
+                return cache_path(self.cache_dir, uri).read_bytes()
             except FileNotFoundError:
-                data = None  # not staged (its download failed, or streaming): read it from the bucket
-            if data is not None:
-                return decode_image(data, source=uri, max_pixels=self.max_pixels)
+                pass  # not staged (its download failed, or streaming): read it from the bucket
         try:
-            data = storage.read_bytes(uri)
+            return storage.read_bytes(uri)
         except StorageError as e:
             raise ImageDecodeError(uri, str(e), "unreadable") from e
-        return decode_image(data, source=uri, max_pixels=self.max_pixels)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch import nn
 
 from kubedistill import storage
 from kubedistill.config import TrainConfig, to_dict
-from kubedistill.data.dali import DaliLoader, ImageBytesReader, resolve_backend
+from kubedistill.data.dali import DaliLoader, resolve_backend
 from kubedistill.data.datasets import FailureCounter, ImageDataset, make_dataloader, resolve_num_workers
 from kubedistill.data.remote import ImageReader, choose_remote_mode, data_cache_dir, stage
 from kubedistill.data.sources import ImageList, resolve_images
@@ -215,7 +215,7 @@ class Trainer:
             self.loader = DaliLoader(
                 files, self.transform, batch_size=self.per_device_batch, seed=cfg.seed, rank=self.proc.rank,
                 world_size=self.proc.world_size, device=self.device, num_threads=max(1, num_workers),
-                read_bytes=ImageBytesReader(cache),
+                read_bytes=ImageReader(cache).read_bytes,
             )  # fmt: skip
         else:
             pin = cfg.loader_args.pin_memory
