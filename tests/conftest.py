@@ -16,6 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The smallest real training run: resnet18 student, a random vits14 teacher, 28 px, batch 8, on the CPU.
+TINY_RUN = {
+    "model": "torchvision/resnet18",
+    "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
+    "transform_args": {"image_size": [28, 28]},
+    "batch_size": 8,
+    "num_workers": 0,
+    "accelerator": "cpu",
+}
+
 
 def write_images(folder: Path, count: int, *, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
     """``count`` JPEG/PNG images of varied content and sizes under ``folder`` (two subfolders)."""

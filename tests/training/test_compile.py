@@ -33,6 +33,8 @@ from kubedistill.training.compile import (
 )
 from kubedistill.training.precision import cast_frozen_matmul_weights_
 
+from ..conftest import TINY_RUN
+
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 SIZE = (28, 28)
 
@@ -281,15 +283,7 @@ def test_a_compiled_training_step_runs_and_matches_eager():
 
 # ---------------------------------------------------------------------------------------------- the trainer
 
-FAST = {
-    "model": "torchvision/resnet18",
-    "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
-    "transform_args": {"image_size": list(SIZE)},
-    "batch_size": 8,
-    "num_workers": 0,
-    "accelerator": "cpu",
-    "max_steps": 2,
-}
+FAST = {**TINY_RUN, "transform_args": {"image_size": list(SIZE)}, "max_steps": 2}
 
 
 def test_a_default_cpu_run_stays_eager_and_says_why(tmp_path, image_folder):

@@ -13,15 +13,9 @@ import yaml
 import kubedistill
 from kubedistill.training.trainer import Trainer
 
-FAST = {
-    "model": "torchvision/resnet18",
-    "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
-    "transform_args": {"image_size": [28, 28]},
-    "batch_size": 8,
-    "num_workers": 0,
-    "accelerator": "cpu",
-    "precision": "32-true",
-}
+from ..conftest import TINY_RUN
+
+FAST = {**TINY_RUN, "precision": "32-true"}
 
 
 def _train(out: Path, data: Path, backend: str, **overrides):

@@ -15,10 +15,9 @@ from kubedistill.errors import OutputDirError, StorageError
 from kubedistill.training.checkpoint import CheckpointError, load_checkpoint
 from kubedistill.training.runfolder import staging_dir
 
-FAST = {
-    "model": "torchvision/resnet18", "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
-    "transform_args": {"image_size": [28, 28]}, "batch_size": 8, "num_workers": 0, "accelerator": "cpu",
-}  # fmt: skip
+from ..conftest import TINY_RUN
+
+FAST = TINY_RUN
 
 
 def _names(bucket, prefix: str) -> set[str]:

@@ -17,14 +17,9 @@ from kubedistill.models.students import build_student
 from kubedistill.training.checkpoint import load_checkpoint
 from kubedistill.training.trainer import Trainer
 
-FAST = {
-    "model": "torchvision/resnet18",
-    "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
-    "transform_args": {"image_size": [28, 28]},
-    "batch_size": 8,
-    "num_workers": 0,
-    "accelerator": "cpu",
-}
+from ..conftest import TINY_RUN
+
+FAST = TINY_RUN
 
 
 def _train(out: Path, data: Path, **overrides):

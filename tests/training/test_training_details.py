@@ -13,14 +13,9 @@ from torch import nn
 from kubedistill.config import build_train_config
 from kubedistill.training.trainer import Trainer
 
-FAST = {
-    "model": "torchvision/resnet18",
-    "method_args": {"teacher": "dinov2/vits14", "teacher_weights": "none"},
-    "transform_args": {"image_size": [28, 28]},
-    "batch_size": 8,
-    "num_workers": 0,
-    "accelerator": "cpu",
-}
+from ..conftest import TINY_RUN
+
+FAST = TINY_RUN
 
 
 @contextmanager
