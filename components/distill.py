@@ -37,14 +37,17 @@ def distill(
             run's facts in its metadata.
         training: The run's config.yaml, train.log, metrics.jsonl and MLflow run record.
     """
+    import tempfile
+
     from kubedistill.pipeline import PipelineContext, artifacts, steps
 
     context = PipelineContext.of(kfp_run_id, output_root, kfp_run_name, mlflow_tracking_uri, mlflow_experiment, kfp_ui_url)
-    result = steps.distill(
-        context, manifest_uri=manifest.metadata["uri"], student=student, teacher=teacher,
-        teacher_weights=teacher_weights_uri, epochs=epochs, batch_size=batch_size, image_size=image_size,
-        nodes=nodes, gpus_per_node=gpus_per_node, gpu_type=gpu_type, launcher=launcher, train_args=train_args,
-        launch_args=launch_args,
-    )
-    artifacts.fill(model, file=result.model_file, metadata=result.metadata)
-    artifacts.fill(training, folder=result.training_folder, metadata={"run_uri": result.run_uri})
+    with tempfile.TemporaryDirectory() as workdir:
+        result = steps.distill(
+            context, manifest_uri=manifest.metadata["uri"], workdir=workdir, student=student, teacher=teacher,
+            teacher_weights=teacher_weights_uri, epochs=epochs, batch_size=batch_size, image_size=image_size,
+            nodes=nodes, gpus_per_node=gpus_per_node, gpu_type=gpu_type, launcher=launcher, train_args=train_args,
+            launch_args=launch_args,
+        )
+        artifacts.fill(model, file=result.model_file, metadata=result.metadata)
+        artifacts.fill(training, folder=result.training_folder, metadata={"run_uri": result.run_uri})

@@ -37,15 +37,18 @@ def linear_probe(
         Whether the student passed the gate (the single return value: kfp.local resolves a condition on a
         task's "Output" but not on a named output).
     """
+    import tempfile
+
     from kubedistill.pipeline import PipelineContext, artifacts, steps
 
     context = PipelineContext.of(kfp_run_id, output_root, kfp_run_name, mlflow_tracking_uri, mlflow_experiment, kfp_ui_url)
-    result = steps.probe(
-        context, model_file=model.path, model_metadata=model.metadata, train_uri=probe_train_uri,
-        val_uri=probe_val_uri, min_top1=min_top1, baselines=baselines,
-    )
+    with tempfile.TemporaryDirectory() as workdir:
+        result = steps.probe(
+            context, model_file=model.path, model_metadata=model.metadata, train_uri=probe_train_uri,
+            val_uri=probe_val_uri, workdir=workdir, min_top1=min_top1, baselines=baselines,
+        )
+        artifacts.fill(results, folder=result.results_folder)
     artifacts.log_metrics(metrics, result.metrics)
     artifacts.log_confusion(confusion, result.classes, result.confusion)
     artifacts.fill(summary, text=result.summary_markdown)
-    artifacts.fill(results, folder=result.results_folder)
     return result.passed_gate

@@ -28,11 +28,15 @@ def validate_dataset(
         report: The validation report (problems by kind, every offending file with its reason).
         counts: Images kept, bad, duplicates and the bad fraction.
     """
+    import tempfile
+
     from kubedistill.pipeline import PipelineContext, artifacts, steps
 
     context = PipelineContext.of(kfp_run_id, output_root, kfp_run_name, mlflow_tracking_uri, mlflow_experiment, kfp_ui_url,
                                  scheduled_time)
-    result = steps.validate(context, dataset_uri=dataset_uri, max_bad_fraction=max_bad_fraction)
-    artifacts.fill(manifest, file=result.manifest_file, metadata=result.metadata)
+    with tempfile.TemporaryDirectory() as workdir:
+        result = steps.validate(context, dataset_uri=dataset_uri, max_bad_fraction=max_bad_fraction,
+                                workdir=workdir)
+        artifacts.fill(manifest, file=result.manifest_file, metadata=result.metadata)
     artifacts.fill(report, text=result.report_markdown)
     artifacts.log_metrics(counts, result.counts)

@@ -74,6 +74,13 @@ def _no_mlflow_environment(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture(autouse=True)
+def _own_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    # The staging folders of gs:// runs and cached weights go below the test's own folder (removed when it
+    # passes), never into the developer's ~/.cache/kubedistill.
+    monkeypatch.setenv("KUBEDISTILL_CACHE_DIR", str(tmp_path / "kubedistill-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _quiet_random_teacher_warning():
     # Tests use random teachers on purpose; the warning itself is tested in tests/models.
     with warnings.catch_warnings():

@@ -84,7 +84,7 @@ def test_probe_summary_shows_the_references_and_the_gate():
 def test_validate_step_passes_and_gives_the_manifest(tmp_path):
     write_images(tmp_path / "images", 10)
     context = PipelineContext(run_id="r1", output_root=str(tmp_path / "runs"))
-    result = steps.validate(context, dataset_uri=str(tmp_path / "images"))
+    result = steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")
     assert result.manifest_uri == str(tmp_path / "runs" / "r1" / "validate" / "manifest.jsonl")
     assert len(result.manifest_file.read_text().splitlines()) == 10
     assert result.counts["images_ok"] == 10 and result.counts["bad"] == 0
@@ -98,7 +98,7 @@ def test_validate_step_rejects_bad_data_and_records_why(tmp_path):
         (tmp_path / "images" / f"broken{i}.jpg").write_bytes(b"")
     context = PipelineContext(run_id="r1", output_root=str(tmp_path / "runs"))
     with pytest.raises(steps.DataRejectedError, match="report.md") as error:
-        steps.validate(context, dataset_uri=str(tmp_path / "images"))
+        steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")
     (failure,) = context.failures()
     assert failure["step"] == "validate" and failure["error"] == "DataRejectedError"
     assert failure["reason"] == str(error.value)
@@ -108,7 +108,7 @@ def test_validate_step_rejects_bad_data_and_records_why(tmp_path):
 def test_validate_step_with_a_gcs_output_root(tmp_path, gcs_bucket):
     write_images(tmp_path / "images", 6)
     context = PipelineContext(run_id="r2", output_root=f"gs://{gcs_bucket.name}/runs")
-    result = steps.validate(context, dataset_uri=str(tmp_path / "images"))
+    result = steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")
     assert result.manifest_uri == f"gs://{gcs_bucket.name}/runs/r2/validate/manifest.jsonl"
     assert len(result.manifest_file.read_text().splitlines()) == 6  # a local copy for the KFP artifact
     assert storage.exists(f"gs://{gcs_bucket.name}/runs/r2/validate/report.md")
@@ -155,18 +155,18 @@ def test_a_retry_does_not_validate_unchanged_rejected_data_again(tmp_path):
         (tmp_path / "images" / f"broken{i}.jpg").write_bytes(b"")
     context = PipelineContext(run_id="r7", output_root=str(tmp_path / "runs"))
     with pytest.raises(steps.DataRejectedError):
-        steps.validate(context, dataset_uri=str(tmp_path / "images"))
+        steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")
     report = tmp_path / "runs" / "r7" / "validate" / "report.json"
     first = report.stat().st_mtime_ns
     with pytest.raises(steps.DataRejectedError, match="has not changed since that verdict"):
-        steps.validate(context, dataset_uri=str(tmp_path / "images"))  # KFP's retry of the task
+        steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")  # KFP's retry of the task
     assert report.stat().st_mtime_ns == first  # not validated again
     with pytest.raises(steps.DataRejectedError) as stricter:  # other checks: validated again
-        steps.validate(context, dataset_uri=str(tmp_path / "images"), max_bad_fraction=0.01)
+        steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work", max_bad_fraction=0.01)
     assert "has not changed" not in str(stricter.value)
     for i in range(4):  # the data was fixed before "Retry run": validated again, and it passes
         (tmp_path / "images" / f"broken{i}.jpg").unlink()
-    assert steps.validate(context, dataset_uri=str(tmp_path / "images")).counts["images_ok"] == 4
+    assert steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work").counts["images_ok"] == 4
     assert report.stat().st_mtime_ns != first
     assert context.failures() == []  # the attempt that worked clears the earlier attempts' record
 
@@ -174,8 +174,8 @@ def test_a_retry_does_not_validate_unchanged_rejected_data_again(tmp_path):
 def test_cluster_launchers_need_a_gcs_output_root(tmp_path):
     context = PipelineContext(run_id="r8", output_root=str(tmp_path))
     with pytest.raises(ConfigError, match="launcher=pytorchjob trains in pods that cannot write this task's disk"):
-        steps.distill(context, manifest_uri="m.jsonl", student="torchvision/resnet18", teacher="dinov2/vits14",
-                      launcher="pytorchjob")  # fmt: skip
+        steps.distill(context, manifest_uri="m.jsonl", workdir=tmp_path / "work", student="torchvision/resnet18",
+                      teacher="dinov2/vits14", launcher="pytorchjob")  # fmt: skip
     assert context.failures()[0]["step"] == "distill"
     with pytest.raises(ConfigError) as error:
         steps.job_settings("kueue_queue=-starts-with-a-dash shm_size=lots", gpu_type="nvidia-l4")
@@ -186,11 +186,15 @@ def test_cluster_launchers_need_a_gcs_output_root(tmp_path):
 def test_distill_with_a_gcs_output_root_trains_into_the_bucket(tmp_path, gcs_bucket):
     write_images(tmp_path / "images", 20)
     context = PipelineContext(run_id="r9", output_root=f"gs://{gcs_bucket.name}/runs")
-    manifest = steps.validate(context, dataset_uri=str(tmp_path / "images")).manifest_uri
+    validated = steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")
+    assert validated.manifest_file.read_bytes() == storage.read_bytes(validated.manifest_uri)
     result = steps.distill(
-        context, manifest_uri=manifest, student="torchvision/resnet18", teacher="dinov2/vits14", teacher_weights="none",
-        epochs=1, batch_size=8, image_size=28, gpus_per_node=1, train_args="accelerator=cpu num_workers=0",
+        context, manifest_uri=validated.manifest_uri, workdir=tmp_path / "work", student="torchvision/resnet18",
+        teacher="dinov2/vits14", teacher_weights="none", epochs=1, batch_size=8, image_size=28, gpus_per_node=1,
+        train_args="accelerator=cpu num_workers=0",
     )  # fmt: skip
+    # The local copies go into the caller's folder (a component's temporary one), nowhere else.
+    assert {validated.manifest_file.parent, result.model_file.parent} == {tmp_path / "work"}
     out = f"gs://{gcs_bucket.name}/runs/r9/distill"
     assert result.run_uri == out and result.metadata["run_uri"] == out and result.metadata["steps"] == 2
     assert storage.exists(f"{out}/exported/student.pt") and storage.exists(f"{out}/checkpoints/step-00000002.pt")

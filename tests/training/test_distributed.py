@@ -41,3 +41,17 @@ def test_helpers_work_in_a_single_process():
     x = torch.randn(3, 4)
     assert distributed.all_gather(x) is x
     assert distributed.broadcast_int(7, torch.device("cpu")) == 7
+
+
+def test_a_local_process_failing_with_any_error_raises_its_traceback_in_the_caller(monkeypatch):
+    """Without this the caller sees torch's ChildFailedError, whose summary says only "exitcode: 1"."""
+    import math
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(distributed.LocalProcessError) as caught:
+        distributed.run_local_processes(2, math.sqrt, -1.0)  # a builtin: the spawned processes can unpickle it
+    message = str(caught.value)
+    assert "local process" in message and "ValueError: math domain error" in message
+    assert distributed.run_local_processes(2, math.sqrt, 4.0) == {0: 2.0, 1: 2.0}
+

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ def run_locally(
     output_root = Path(arguments["output_root"])
     before = _run_dirs(output_root)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    pipeline = components.load_component_from_file(str(_for_kfp_local(Path(compiled))))
+    pipeline = components.load_component_from_text(_for_kfp_local(Path(compiled)))
     error: Exception | None = None
     with warnings.catch_warnings(), _captured_output(log_file, echo):
         # Our components image is not named "python"; locally the components run in this environment anyway.
@@ -126,17 +125,13 @@ def _captured_output(log_file: str | Path | None, echo: Callable[[str], None] | 
 _UNKNOWN_TO_KFP_LOCAL = {"{{$.pipeline_job_schedule_time_utc}}": ""}
 
 
-def _for_kfp_local(compiled: Path) -> Path:
-    """``compiled`` with the placeholders kfp.local cannot resolve replaced by what they mean locally (a copy in
-    a temporary folder; the committed file is what KFP gets)."""
+def _for_kfp_local(compiled: Path) -> str:
+    """The text of ``compiled`` with the placeholders kfp.local cannot resolve replaced by what they mean
+    locally (the committed file is what KFP gets)."""
     text = compiled.read_text()
-    if not any(placeholder in text for placeholder in _UNKNOWN_TO_KFP_LOCAL):
-        return compiled
     for placeholder, value in _UNKNOWN_TO_KFP_LOCAL.items():
         text = text.replace(placeholder, value)
-    local = Path(tempfile.mkdtemp(prefix="kubedistill-kfp-local-")) / compiled.name
-    local.write_text(text)
-    return local
+    return text
 
 
 def _run_dirs(root: Path) -> set[Path]:

@@ -92,10 +92,11 @@ class ValidateOutputs:
 
 
 def validate(
-    context: PipelineContext, *, dataset_uri: str, max_bad_fraction: float = 0.05, min_size: int = 32,
-    labels: str = "auto",
+    context: PipelineContext, *, dataset_uri: str, workdir: str | Path, max_bad_fraction: float = 0.05,
+    min_size: int = 32, labels: str = "auto",
 ) -> ValidateOutputs:  # fmt: skip
-    """Check every image under ``dataset_uri``; DataRejectedError when too many are bad (outputs written first)."""
+    """Check every image under ``dataset_uri``; DataRejectedError when too many are bad (outputs written first).
+    ``workdir``: the caller's folder for the local copy of a gs:// manifest (the caller removes it)."""
     from kubedistill.api import validate_from_config
     from kubedistill.config import build_validate_config
     from kubedistill.data.validation import render_markdown
@@ -121,7 +122,7 @@ def validate(
             )
         return ValidateOutputs(
             manifest_uri=result.manifest,
-            manifest_file=_local_copy(result.manifest),
+            manifest_file=_local_copy(result.manifest, Path(workdir)),
             report_markdown=render_markdown(result.report),
             counts={"images_ok": totals["images_ok"], "bad": totals["bad"], "bad_fraction": totals["bad_fraction"],
                     "files_seen": totals["files_seen"], "duplicates": totals["problems"]["duplicate"]},
@@ -154,10 +155,12 @@ def listing_signature(uri: str) -> str:
     return digest.hexdigest()
 
 
-def _local_copy(uri: str) -> Path:
+def _local_copy(uri: str, folder: Path) -> Path:
+    """``uri`` itself when local; else a copy in ``folder``."""
     if not storage.is_remote(uri):
         return storage.to_local_path(uri)
-    path = Path(tempfile.mkdtemp(prefix="kubedistill-")) / Path(uri).name
+    path = folder / Path(uri).name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(storage.read_bytes(uri))
     return path
 
@@ -177,6 +180,7 @@ def distill(
     context: PipelineContext,
     *,
     manifest_uri: str,
+    workdir: str | Path,
     student: str,
     teacher: str,
     teacher_weights: str = "",
@@ -190,7 +194,8 @@ def distill(
     train_args: str = "",
     launch_args: str = "",
 ) -> DistillOutputs:
-    """Distill ``teacher`` into ``student`` on the manifest's images with ``launcher``; the exported student.
+    """Distill ``teacher`` into ``student`` on the manifest's images with ``launcher``; the exported student and
+    the run's records, copied into ``workdir`` (the caller's folder; the caller removes it).
 
     ``train_args``: more ``kubedistill train`` arguments, space-separated key=value (they may not set what the
     pipeline sets: out, data, model, epochs, batch size, the process layout, MLflow). The whole configuration
@@ -226,7 +231,7 @@ def distill(
         request = LaunchRequest(name=job_name(context.run_id), train_args=values, nodes=nodes,
                                 procs_per_node=gpus_per_node, gpu_type=gpu_type)  # fmt: skip
         launch.run(request)
-        return _read_training_run(out_uri)
+        return _read_training_run(out_uri, Path(workdir))
 
 
 def job_settings(launch_args: str, *, gpu_type: str):
@@ -279,9 +284,9 @@ def _check_train_values(values: Mapping[str, Any]) -> None:
     build_train_config(dict(values))
 
 
-def _read_training_run(out_uri: str) -> DistillOutputs:
-    """The exported student and the run's record, copied out of the run folder (local or gs://)."""
-    keep = Path(tempfile.mkdtemp(prefix="kubedistill-distill-"))
+def _read_training_run(out_uri: str, keep: Path) -> DistillOutputs:
+    """The exported student and the run's record, copied out of the run folder (local or gs://) into ``keep``."""
+    keep.mkdir(parents=True, exist_ok=True)
     model_file = keep / "student.pt"
     exported = storage.join(out_uri, "exported", "student.pt")
     if not storage.exists(exported):
@@ -340,10 +345,11 @@ class ProbeOutputs:
 
 def probe(
     context: PipelineContext, *, model_file: str, model_metadata: Mapping[str, Any], train_uri: str, val_uri: str,
-    min_top1: float = 0.0, baselines: bool = True,
+    workdir: str | Path, min_top1: float = 0.0, baselines: bool = True,
 ) -> ProbeOutputs:  # fmt: skip
     """Linear probe + kNN of the distilled student (and, with ``baselines``, of a random-init student and of the
-    teacher) on labeled images; the gate: linear top-1 >= ``min_top1``."""
+    teacher) on labeled images; the gate: linear top-1 >= ``min_top1``. The results are copied into ``workdir``
+    (the caller's folder; the caller removes it)."""
     from kubedistill.api import probe as run_probe
     from kubedistill.evaluation.run import CONFUSION_FILE
     from kubedistill.tracking.pipeline import log_to_pipeline_run
@@ -365,7 +371,7 @@ def probe(
         if parent is not None:
             log_to_pipeline_run(parent, context.tracking_target(), metrics=metrics,
                                 tags={"kubedistill.gate": "passed" if passed else "failed"})  # fmt: skip
-        results = Path(tempfile.mkdtemp(prefix="kubedistill-probe-"))
+        results = Path(workdir) / "probe"
         shutil.copytree(out, results, dirs_exist_ok=True)
     return ProbeOutputs(
         metrics=metrics, classes=[str(c) for c in confusion["classes"]], confusion=confusion["linear"],

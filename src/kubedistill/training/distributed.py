@@ -198,12 +198,11 @@ def run_local_processes(nprocs: int, entrypoint: Callable[..., Any], *args: Any)
     launcher, in-process: c10d rendezvous on a free loopback port, no restarts); {local rank: return value}.
 
     ``entrypoint`` and ``args`` must be picklable (the processes are spawned). When a process fails with one of
-    our errors (bad data, a bad setting, a NaN loss), that error is raised here, not the launcher's summary.
+    our errors (bad data, a bad setting, a NaN loss), that error is raised here, not the launcher's summary; any
+    other failure is raised as a ``LocalProcessError`` that carries its traceback.
     """
-    import pickle
     import socket
     import tempfile
-    from pathlib import Path
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -222,12 +221,10 @@ def run_local_processes(nprocs: int, entrypoint: Callable[..., Any], *args: Any)
         previous = os.environ.get(_FAILURE_DIR_VAR)
         os.environ[_FAILURE_DIR_VAR] = failures  # the spawned processes inherit it
         try:
-            return elastic_launch(config, entrypoint)(*args)
+            return elastic_launch(config, _report_failures)(entrypoint, *args)
         except ChildFailedError as launcher_error:
-            reports = sorted(Path(failures).glob("rank-*.pickle"))
-            if not reports:
-                raise
-            raise pickle.loads(reports[0].read_bytes()) from launcher_error
+            _raise_reported(failures, launcher_error)
+            raise
         finally:
             if previous is None:
                 os.environ.pop(_FAILURE_DIR_VAR, None)
@@ -236,20 +233,57 @@ def run_local_processes(nprocs: int, entrypoint: Callable[..., Any], *args: Any)
 
 
 def report_failure(error: BaseException) -> None:
-    """In a process ``run_local_processes`` started: leave ``error`` for the parent to raise, when it is one of
-    ours (a peer's collective timing out because this rank stopped is not worth reporting)."""
+    """In a process ``run_local_processes`` started: leave ``error`` for the parent to raise. One of ours (bad
+    data, a bad setting) is pickled and raised as itself; any other is left as its traceback, which the parent
+    raises in a ``LocalProcessError`` (the launcher's own summary carries no traceback)."""
     import pickle
+    import traceback
     from pathlib import Path
 
     folder = os.environ.get(_FAILURE_DIR_VAR)
-    if not folder or not isinstance(error, KubedistillError):
+    if not folder:
         return
+    name = f"rank-{rank() if is_initialized() else int(os.environ.get('RANK', '0')):05d}"
+    if isinstance(error, KubedistillError):
+        try:
+            payload = pickle.dumps(error)
+            pickle.loads(payload)  # an error that cannot be rebuilt in the parent goes as its traceback
+        except Exception:
+            pass
+        else:
+            (Path(folder) / f"{name}.pickle").write_bytes(payload)
+            return
+    (Path(folder) / f"{name}.txt").write_text("".join(traceback.format_exception(error)))
+
+
+class LocalProcessError(RuntimeError):
+    """A process ``run_local_processes`` started failed with an error that is not one of ours."""
+
+
+def _report_failures(entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """What each process ``run_local_processes`` starts runs: ``entrypoint``, reporting how it failed."""
     try:
-        payload = pickle.dumps(error)
-        pickle.loads(payload)  # an error that cannot be rebuilt in the parent is not worth a confusing one there
-    except Exception:
-        return
-    (Path(folder) / f"rank-{rank():05d}.pickle").write_bytes(payload)
+        return entrypoint(*args)
+    except BaseException as error:
+        report_failure(error)
+        raise
+
+
+def _raise_reported(folder: str, launcher_error: BaseException) -> None:
+    """Raise what the failed processes reported: one of our errors first, else the traceback of the process
+    that failed first (a peer that failed because of it reports later: a broken collective)."""
+    import pickle
+    from pathlib import Path
+
+    ours = sorted(Path(folder).glob("rank-*.pickle"))
+    if ours:
+        raise pickle.loads(ours[0].read_bytes()) from launcher_error
+    others = sorted(Path(folder).glob("rank-*.txt"), key=lambda path: path.stat().st_mtime_ns)
+    if others:
+        local_rank = int(others[0].stem.removeprefix("rank-"))
+        raise LocalProcessError(
+            f"local process {local_rank} of those started on this machine failed:\n{others[0].read_text()}"
+        ) from launcher_error
 
 
 def broadcast_object(obj: Any) -> Any:

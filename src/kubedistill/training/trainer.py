@@ -686,8 +686,8 @@ def run_training(config: TrainConfig) -> TrainResult:
         result = trainer.train()
     except BaseException as error:
         trainer.cleanup(failed=True)
+        distributed.report_failure(error)  # for the parent, when run_local_processes started this process
         if distributed.is_initialized():
-            distributed.report_failure(error)
             distributed.abort_process()
         raise
     trainer.cleanup()
