@@ -11,6 +11,10 @@ the official architecture), 224x224, batch ``--batch-size`` (256), bf16-mixed, o
    images/s (median over the steps after ``--warmup``), MFU, peak GPU memory, and "GPU busy": whole-step
    images/s over model-alone images/s (1.0: the loader never makes the GPU wait), and, when NVML is
    available, the mean of ``torch.cuda.utilization()`` sampled during the run.
+4. **distributed step**: the same run as a process group on the NCCL backend, with the student's BatchNorm
+   layers as SyncBatchNorm and DDP: on every visible GPU (``--ddp-devices``) with the global batch scaled so
+   each GPU keeps ``--batch-size``; on a machine with one GPU, a group of one (still NCCL, SyncBatchNorm and
+   DDP, so their set-up and per-step cost show, not the interconnect).
 
 MFU = counted FLOPs per image (teacher forward + student forward and backward, torch.utils.flop_counter) x
 images/s / the GPU's dense bf16 peak (the datasheet figure when the GPU is known, else a measured matmul peak;
@@ -20,7 +24,9 @@ as they come, so a run cut short by a time limit keeps what it measured.
 Needs an NVIDIA GPU with its driver, a CUDA build of torch, and the project installed with its GPU extra
 (``pip install kubedistill[gpu]``, for DALI) or the source tree on PYTHONPATH. Nothing is downloaded. It has
 not been timed on a GPU yet; compiling (about a minute per compiled run, by public figures) is most of it, so
-under a time limit start with ``--models torchvision/resnet18``.
+under a time limit start with ``--models torchvision/resnet18``. ``--device cpu`` runs every measurement on
+the CPU (gloo instead of NCCL, plain BatchNorm, the measured matmul peak): figures without meaning, but a test
+of the script itself (tests/test_gpu_check.py runs it so, tiny).
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --out DIR [--models ...] [--loaders torch,dali]
         [--compile false,true]
@@ -55,9 +61,28 @@ def _config(args: argparse.Namespace, model: str, data: Path, out: Path, loader:
     return {
         "out": str(out), "data": str(data), "model": model, "overwrite": True, "epochs": 1000,
         "method_args": {"teacher": args.teacher, "teacher_weights": "none"}, "batch_size": args.batch_size,
-        "max_steps": args.steps, "precision": "bf16-mixed", "accelerator": "cuda", "log_every_n_steps": 1,
+        "max_steps": args.steps, "precision": "bf16-mixed", "accelerator": args.device, "log_every_n_steps": 1,
         "num_workers": args.workers, "loader_args": {"backend": loader}, "compile": compiled,
+        "transform_args": {"image_size": [args.image_size, args.image_size]},
     }  # fmt: skip
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _group_of_one() -> dict[str, str]:
+    """The variables torchrun sets, for a process group of one process (NCCL on a GPU, gloo on a CPU)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port)}  # fmt: skip
 
 
 def child_train(spec: dict) -> dict:
@@ -67,6 +92,7 @@ def child_train(spec: dict) -> dict:
 
     import kubedistill
 
+    on_gpu = spec["config"]["accelerator"] == "cuda"
     samples: list[float] = []
     stop = threading.Event()
 
@@ -78,7 +104,9 @@ def child_train(spec: dict) -> dict:
                 return
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if on_gpu:
+        sampler.start()
+    os.environ.update(spec.get("env", {}))  # a process group of one: as torchrun would start this process
     start = time.perf_counter()
     kubedistill.train(**spec["config"])
     wall = time.perf_counter() - start
@@ -89,15 +117,15 @@ def child_train(spec: dict) -> dict:
     resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
     # The first samples cover set-up and compiling: keep the last half, when steps run.
     busy = statistics.mean(samples[len(samples) // 2 :]) if len(samples) >= 4 else None
+    # With devices=N the training ran in N other processes: this one's memory figure means nothing then.
+    memory = torch.cuda.max_memory_allocated() / 2**20 if on_gpu and resolved["world_size"] == 1 else None
     return {"images_per_second": statistics.median(speeds), "wall_s": wall, "nvml_busy": busy,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20, "loader": resolved.get("loader_backend"),
-            "compile": resolved.get("compile")}  # fmt: skip
+            "peak_gpu_mib": memory, "loader": resolved.get("loader_backend"), "compile": resolved.get("compile"),
+            "world_size": resolved["world_size"]}  # fmt: skip
 
 
 def child_model_alone(spec: dict) -> dict:
     """The training step on one batch that stays on the GPU (no loader), timed with synchronisation."""
-    import torch
-
     from kubedistill.config import build_train_config
     from kubedistill.training.trainer import Trainer
 
@@ -108,11 +136,11 @@ def child_model_alone(spec: dict) -> dict:
         images = next(iter(trainer._epoch_batches())).to(trainer.device)
         for _ in range(spec["warmup"]):
             trainer._train_step(images)
-        torch.cuda.synchronize()
+        _sync(trainer.device)
         start = time.perf_counter()
         for _ in range(spec["steps"]):
             trainer._train_step(images)
-        torch.cuda.synchronize()
+        _sync(trainer.device)
         seconds = time.perf_counter() - start
     finally:
         trainer.cleanup()
@@ -121,8 +149,6 @@ def child_model_alone(spec: dict) -> dict:
 
 def child_loader_alone(spec: dict) -> dict:
     """Iterate the loader the trainer builds, without training; the batch is synchronised on the GPU."""
-    import torch
-
     from kubedistill.config import build_train_config
     from kubedistill.training.trainer import Trainer
 
@@ -132,11 +158,11 @@ def child_loader_alone(spec: dict) -> dict:
         batches = trainer._epoch_batches()
         for _ in range(spec["warmup"]):
             next(batches).to(trainer.device, non_blocking=True)
-        torch.cuda.synchronize()
+        _sync(trainer.device)
         start = time.perf_counter()
         for _ in range(spec["steps"]):
             next(batches).to(trainer.device, non_blocking=True)
-        torch.cuda.synchronize()
+        _sync(trainer.device)
         seconds = time.perf_counter() - start
     finally:
         trainer.cleanup()
@@ -152,11 +178,12 @@ def child_flops(spec: dict) -> dict:
     from kubedistill.models.students import build_student
     from kubedistill.models.teachers import load_teacher
 
-    teacher = load_teacher(spec["teacher"], weights="none").cuda()
-    student = build_student(spec["model"]).cuda()
-    head = torch.nn.Linear(student.feature_dim, teacher.embed_dim).cuda()
-    images = torch.randn(8, 3, 224, 224, device="cuda")
-    with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
+    device, size = spec["device"], spec["image_size"]
+    teacher = load_teacher(spec["teacher"], weights="none").to(device)
+    student = build_student(spec["model"], image_size=(size, size)).to(device)
+    head = torch.nn.Linear(student.feature_dim, teacher.embed_dim).to(device)
+    images = torch.randn(8, 3, size, size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.autocast(device, dtype=torch.bfloat16):
         with torch.no_grad():
             target = torch.nn.functional.normalize(teacher(images).float(), dim=-1)
         vectors = torch.nn.functional.normalize(head(student(images)).float(), dim=-1)
@@ -185,17 +212,18 @@ def run_child(kind: str, spec: dict, timeout: float) -> dict:
 # --- the parent -----------------------------------------------------------------------------------------------
 
 
-def bf16_peak(device_name: str) -> tuple[float, str]:
+def bf16_peak(device: str, device_name: str) -> tuple[float, str]:
     """(FLOP/s, where it comes from): the datasheet's dense bf16 figure, else the best large matmul here."""
     for key, tflops in DATASHEET_BF16_TFLOPS.items():
-        if key in device_name:
+        if device == "cuda" and key in device_name:
             return tflops * 1e12, f"datasheet {tflops:.0f} TFLOP/s"
     sys.path.insert(0, str(HERE))
     import torch
     from flops_breakdown import matmul_peak
 
-    measured = matmul_peak(torch.bfloat16, 8192, torch.device("cuda"))
-    return measured, f"measured matmul {measured / 1e12:.0f} TFLOP/s"
+    size = 8192 if device == "cuda" else 2048
+    measured = matmul_peak(torch.bfloat16, size, torch.device(device)) * 1e9  # it returns GFLOP/s
+    return measured, f"measured matmul {measured / 1e12:.2f} TFLOP/s"
 
 
 def main() -> None:
@@ -209,24 +237,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None, help="torch loader processes (default: all CPUs but one)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
+    parser.add_argument("--ddp-devices", type=int, default=None,
+                        help="processes of the distributed row (default: every visible GPU; 0 skips the row)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: run every measurement on the CPU, to test this script (the figures mean nothing)")
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.md")
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this check needs an NVIDIA GPU and a CUDA build of torch")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this check needs an NVIDIA GPU and a CUDA build of torch "
+                         "(--device cpu runs it on the CPU, to test the script)")  # fmt: skip
     args.workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
     models = [m for m in args.models.split(",") if m]
     loaders = [x for x in args.loaders.split(",") if x]
     compiles = [c.strip().lower() == "true" for c in args.compile.split(",") if c]
-    name = torch.cuda.get_device_name()
-    peak, peak_source = bf16_peak(name)
+    on_gpu = args.device == "cuda"
+    sys.path.insert(0, str(HERE))
+    from common import cpu_name
+
+    name = torch.cuda.get_device_name() if on_gpu else cpu_name()
+    gpus = torch.cuda.device_count() if on_gpu else 0
+    ddp = args.ddp_devices if args.ddp_devices is not None else (gpus if on_gpu else 2)
+    peak, peak_source = bf16_peak(args.device, name)
+    size = args.image_size
     lines = [
-        f"### GPU check: {', '.join(models)} + {args.teacher} (random weights), 224x224, batch {args.batch_size}, "
-        "bf16-mixed, one GPU",
+        f"### GPU check: {', '.join(models)} + {args.teacher} (random weights), {size}x{size}, batch "
+        f"{args.batch_size} per device, bf16-mixed, on {args.device}",
         f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {name}; torch {torch.__version__}; "
-        f"date: {datetime.date.today().isoformat()}; torch loader: {args.workers} worker processes",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {name} ({gpus} visible GPUs); torch "
+        f"{torch.__version__}; date: {datetime.date.today().isoformat()}; torch loader: {args.workers} worker "
+        "processes",
         f"- MFU against the {peak_source} bf16 peak; {args.steps} steps per run, median over steps after "
         f"{args.warmup}",
         "",
@@ -245,14 +287,14 @@ def main() -> None:
     for line in lines[:-1]:
         print(line, flush=True)
     emit(lines.pop())
-    sys.path.insert(0, str(HERE))
     from train_speed import make_images
 
     with tempfile.TemporaryDirectory(prefix="kubedistill-gpu-") as tmp:
         data = Path(tmp) / "images"
-        make_images(data, args.batch_size * (args.steps + args.warmup + 2))
+        make_images(data, args.batch_size * max(1, ddp) * (args.steps + args.warmup + 2))
         for model in models:
-            flops = run_child("flops", {"model": model, "teacher": args.teacher}, args.timeout)
+            flops = run_child("flops", {"model": model, "teacher": args.teacher, "device": args.device,
+                                        "image_size": size}, args.timeout)  # fmt: skip
             per_image = flops.get("flops_per_image")
 
             def mfu(rate: float, flops_per_image: float | None = per_image) -> str:
@@ -279,9 +321,25 @@ def main() -> None:
                     rate, model_rate = r.get("images_per_second"), alone[compiled].get("images_per_second")
                     busy = f"{rate / model_rate:.0%}" if rate and model_rate else "n/a"
                     nvml = f"{r['nvml_busy']:.0f}%" if r.get("nvml_busy") is not None else "n/a"
-                    memory = f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else "n/a"
+                    memory = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "n/a"
                     emit(f"| {model} | whole step | {loader} | {compiled} | {_rate(r)} | "
                          f"{mfu(rate) if rate else 'n/a'} | {busy} | {nvml} | {memory} |")  # fmt: skip
+            if ddp:
+                # The best loader of the list, eager: what this row adds is the process group, not the loader.
+                loader = "dali" if "dali" in loaders and on_gpu else loaders[0]
+                config = _config(args, model, data, Path(tmp) / "run-ddp", loader, False)
+                config["batch_size"] = args.batch_size * ddp
+                spec = {"config": config, "warmup": args.warmup}
+                if ddp == 1:
+                    spec["env"] = _group_of_one()
+                else:
+                    config["devices"] = ddp
+                r = run_child("train", spec, args.timeout)
+                rate = r.get("images_per_second")
+                backend = "NCCL, SyncBatchNorm" if on_gpu else "gloo"
+                per_device = f"{rate / ddp:.0f} per device, " if rate else ""
+                emit(f"| {model} | whole step, DDP x {ddp} ({backend}) | {loader} | False | {per_device}"
+                     f"{_rate(r)} in all | {mfu(rate / ddp) if rate else 'n/a'} | - | - | - |")  # fmt: skip
             emit(f"| {model} | FLOPs per image | - | - | {per_image / 1e9:.1f} GFLOP | - | - | - | - |"
                  if per_image else f"| {model} | FLOPs per image | - | - | {flops.get('error')} | - | - | - | - |")
 
