@@ -257,7 +257,7 @@ def test_deterministic_under_manual_seed() -> None:
 def test_crop_area_and_aspect_follow_the_scale_range() -> None:
     torch.manual_seed(0)
     for _ in range(200):
-        top, left, h, w = T._crop_box(100, 150, (0.2, 0.3))
+        top, left, h, w = T._crop_box(T._Draws(), 100, 150, (0.2, 0.3))
         assert 0 <= top <= 100 - h and 0 <= left <= 150 - w
         assert 0.2 * 15000 * 0.95 <= h * w <= 0.3 * 15000 * 1.05
         assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
@@ -265,7 +265,7 @@ def test_crop_area_and_aspect_follow_the_scale_range() -> None:
 
 def test_crop_falls_back_to_the_centre_for_extreme_aspect_ratios() -> None:
     torch.manual_seed(0)
-    top, left, h, w = T._crop_box(10, 1000, (1.0, 1.0))
+    top, left, h, w = T._crop_box(T._Draws(), 10, 1000, (1.0, 1.0))
     assert (h, w) == (10, round(10 * 4 / 3)) and left == (1000 - w) // 2 and top == 0
 
 

@@ -7,7 +7,9 @@ Settings" for distillation (``DistillationTransformArgs().to_dict()`` reproduces
 Transforms take the uint8 tensors of ``kubedistill.data.images`` and use torchvision.transforms.v2 kernels on
 them: the random crop and resize run first, so every later op works on the small output image. All randomness
 comes from torch's global RNG: runs are reproducible under ``torch.manual_seed``. In training, ImageDataset
-seeds it per sample from (seed, epoch, index), so augmentations do not depend on the DataLoader workers.
+seeds it per sample from (seed, epoch, index), so augmentations do not depend on the DataLoader workers. A view
+takes its random numbers in one block of 64 (one torch call, not one per choice): the DALI loader draws every
+view's choices in the training process, where a dozen separate calls per image cost ~50 us.
 """
 
 from __future__ import annotations
@@ -246,20 +248,20 @@ class DistillationTransform:
 
     def sample(self, height: int, width: int) -> ViewParams:
         """The random choices for an image of ``height`` x ``width`` (torch's global RNG, in a fixed order)."""
-        a = self.args
-        crop = _crop_box(height, width, (a.random_resize.min_scale, a.random_resize.max_scale))
-        horizontal_flip = _coin(a.random_flip.horizontal_prob)
-        vertical_flip = _coin(a.random_flip.vertical_prob)
+        a, r = self.args, _Draws()
+        crop = _crop_box(r, height, width, (a.random_resize.min_scale, a.random_resize.max_scale))
+        horizontal_flip = _coin(r, a.random_flip.horizontal_prob)
+        vertical_flip = _coin(r, a.random_flip.vertical_prob)
         rotation = None
-        if a.random_rotation is not None and _coin(a.random_rotation.prob):
-            rotation = _uniform(-a.random_rotation.degrees, a.random_rotation.degrees)
+        if a.random_rotation is not None and _coin(r, a.random_rotation.prob):
+            rotation = _uniform(r, -a.random_rotation.degrees, a.random_rotation.degrees)
         jitter: tuple[tuple[str, float], ...] = ()
-        if _coin(a.color_jitter.prob):  # random order, as in torchvision's ColorJitter
-            jitter = tuple((self._jitter_ops[i][0], _uniform(*self._jitter_ops[i][1:])) for i in
-                           torch.randperm(len(self._jitter_ops)).tolist())  # fmt: skip
-        grayscale = _coin(a.random_gray_scale)
-        blur = _draw_blur(a.gaussian_blur) if _coin(a.gaussian_blur.prob) else None
-        solarize = a.solarize is not None and _coin(a.solarize.prob)
+        if _coin(r, a.color_jitter.prob):  # random order, as in torchvision's ColorJitter
+            jitter = tuple((self._jitter_ops[i][0], _uniform(r, *self._jitter_ops[i][1:]))
+                           for i in _permutation(r, len(self._jitter_ops)))  # fmt: skip
+        grayscale = _coin(r, a.random_gray_scale)
+        blur = _draw_blur(r, a.gaussian_blur) if _coin(r, a.gaussian_blur.prob) else None
+        solarize = a.solarize is not None and _coin(r, a.solarize.prob)
         return ViewParams(crop, horizontal_flip, vertical_flip, rotation, jitter, grayscale, blur, solarize)
 
     def apply(self, image: torch.Tensor, params: ViewParams) -> torch.Tensor:
@@ -357,29 +359,49 @@ def _check_image(image: torch.Tensor) -> None:
         )
 
 
-# --- random draws, all from torch's global RNG --------------------------------------------------------------
+# --- random draws, all from torch's global RNG, through one view's _Draws ------------------------------------------
 
 
-def _coin(prob: float) -> bool:
+class _Draws:
+    """Uniform numbers in [0, 1) for one view, taken from torch's global RNG in blocks of ``BLOCK`` (float64)."""
+
+    BLOCK = 64  # a default view takes ~12; the crop's ten retries at most 40 more
+
+    def __init__(self) -> None:
+        self._left: list[float] = []
+
+    def next(self) -> float:
+        if not self._left:
+            self._left = torch.rand(self.BLOCK, dtype=torch.float64).tolist()[::-1]
+        return self._left.pop()
+
+
+def _coin(r: _Draws, prob: float) -> bool:
     """True with probability ``prob``; draws nothing for 0 and 1."""
     if prob <= 0:
         return False
-    return prob >= 1 or torch.rand(()).item() < prob
+    return prob >= 1 or r.next() < prob
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
+def _uniform(r: _Draws, low: float, high: float) -> float:
+    return low + (high - low) * r.next()
 
 
-def _randint(low: int, high: int) -> int:
+def _randint(r: _Draws, low: int, high: int) -> int:
     """Uniform integer in [low, high], both included."""
-    return int(torch.randint(low, high + 1, ()).item())
+    return low + min(int(r.next() * (high - low + 1)), high - low)
+
+
+def _permutation(r: _Draws, n: int) -> list[int]:
+    """A uniformly random order of range(n) (the ranks of n uniform numbers)."""
+    keys = [r.next() for _ in range(n)]
+    return sorted(range(n), key=keys.__getitem__)
 
 
 # --- ops --------------------------------------------------------------------------------------------------
 
 
-def _crop_box(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int, int, int]:
+def _crop_box(r: _Draws, height: int, width: int, scale: tuple[float, float]) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a crop covering ~U(scale) of the area with aspect ratio ~logU(CROP_RATIO).
 
     Ten tries, then the largest centred crop whose aspect ratio is within CROP_RATIO (torchvision's rule).
@@ -387,11 +409,11 @@ def _crop_box(height: int, width: int, scale: tuple[float, float]) -> tuple[int,
     area = height * width
     log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
     for _ in range(10):
-        target = area * _uniform(*scale)
-        aspect = math.exp(_uniform(log_low, log_high))
+        target = area * _uniform(r, *scale)
+        aspect = math.exp(_uniform(r, log_low, log_high))
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            return _randint(0, height - h), _randint(0, width - w), h, w
+            return _randint(r, 0, height - h), _randint(r, 0, width - w), h, w
     ratio = width / height
     if ratio < CROP_RATIO[0]:
         w, h = width, round(width / CROP_RATIO[0])
@@ -424,20 +446,20 @@ def _jitter_ops(args: ColorJitterArgs) -> list[_JitterOp]:
     return ops
 
 
-def _draw_blur(args: GaussianBlurArgs) -> tuple[int, float] | None:
+def _draw_blur(r: _Draws, args: GaussianBlurArgs) -> tuple[int, float] | None:
     """(kernel size, sigma) of one blur; None when it would leave every uint8 pixel as it is."""
-    sigma = _uniform(*args.sigmas)
+    sigma = _uniform(r, *args.sigmas)
     if args.blur_limit == 0:
         ksize = _kernel_size_for_sigma(sigma)
     else:
-        ksize = 3 + 2 * _randint(0, (args.blur_limit - 3) // 2)
+        ksize = 3 + 2 * _randint(r, 0, (args.blur_limit - 3) // 2)
     if ksize == 1 or sigma <= 0 or _blur_is_identity(ksize, sigma):
         return None
     return ksize, sigma
 
 
 def _random_gaussian_blur(image: torch.Tensor, args: GaussianBlurArgs) -> torch.Tensor:
-    blur = _draw_blur(args)
+    blur = _draw_blur(_Draws(), args)
     if blur is None:
         return image
     return F.gaussian_blur(image, [blur[0], blur[0]], [blur[1], blur[1]])
@@ -457,7 +479,6 @@ def _blur_is_identity(ksize: int, sigma: float) -> bool:
     A pixel moves by at most 255 x (the kernel's weight off the centre); below 0.5 it rounds back to itself.
     With the default sigmas in [0, 0.1] that weight is below 1e-20, so the default blur costs nothing.
     """
-    offsets = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    center = (weights[ksize // 2] / weights.sum()).item()
+    weights = [math.exp(-0.5 * ((i - (ksize - 1) / 2) / sigma) ** 2) for i in range(ksize)]  # plain floats: cheap
+    center = weights[ksize // 2] / math.fsum(weights)
     return 255.0 * (1.0 - center * center) < 0.5
