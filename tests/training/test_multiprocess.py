@@ -129,7 +129,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, im
     assert two == pytest.approx(one, rel=1e-4), (one, two)
     a = kubedistill.load_student(single / "exported" / "student.pt").state_dict()
     b = kubedistill.load_student(double / "exported" / "student.pt").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # Summation order alone moves the weights by up to ~1e-4 in 6 LARS steps (measured 7.9e-5 at most, the distance
+    # between the two runs 0.6% of how far steps 2-6 moved the weights); a rank that trained on its own gradients
+    # or images would differ by about as much as the weights move.
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=2e-4) for k in a)
 
 
 def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, image_folder):
