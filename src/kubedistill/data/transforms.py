@@ -359,7 +359,7 @@ def _check_image(image: torch.Tensor) -> None:
         )
 
 
-# --- random draws, all from torch's global RNG, through one view's _Draws ------------------------------------------
+# --- random draws, all from torch's global RNG, through one view's _Draws -----------------------------------
 
 
 class _Draws:
