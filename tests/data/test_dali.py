@@ -402,3 +402,79 @@ def test_cuda_batches_match_the_cpu_pipeline(files: list[str]) -> None:
     # nvJPEG's IDCT differs from libjpeg-turbo's by about a level; the ops are the same definitions.
     mean_gap, std_gap, correlation = per_image_stats(images_of(on_gpu).cpu(), images_of(on_cpu))
     assert mean_gap < 0.02 and std_gap < 0.02 and correlation > 0.99, (mean_gap, std_gap, correlation)
+
+
+def _jpeg_variants() -> dict[str, bytes]:
+    """JPEGs whose headers differ the ways real ones do, each with the size PIL reads for it."""
+    import io
+    import struct
+
+    rng = np.random.default_rng(3)
+    image = Image.fromarray((rng.random((30, 50, 3)) * 255).astype(np.uint8))
+
+    def save(img: Image.Image, **kwargs: Any) -> bytes:
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", **kwargs)
+        return buffer.getvalue()
+
+    variants = {"plain": save(image), "progressive": save(image, progressive=True), "gray": save(image.convert("L")),
+                "cmyk": save(image.convert("CMYK")), "optimized": save(image, optimize=True)}  # fmt: skip
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        variants[f"exif-{orientation}"] = save(image, exif=exif.tobytes())
+    exif = Image.Exif()
+    exif[0x010F] = "a camera maker, no orientation"
+    variants["exif-without-orientation"] = save(image, exif=exif.tobytes())
+    plain = variants["plain"]
+
+    def with_segment(marker: int, payload: bytes, data: bytes = plain) -> bytes:  # right after SOI
+        return data[:2] + struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload + data[2:]
+
+    big_endian = b"MM\x00*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + b"\x00" * 4
+    variants["exif-big-endian-6"] = with_segment(0xE1, b"Exif\x00\x00" + big_endian)
+    variants["exif-malformed"] = with_segment(0xE1, b"Exif\x00\x00" + b"XX" + b"\x00" * 20)
+    variants["xmp-orientation-6"] = with_segment(
+        0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    )
+    start_of_frame = plain.index(b"\xff\xc0")
+    variants["exif-after-the-frame-header"] = (
+        plain[:start_of_frame] + struct.pack(">BBH", 0xFF, 0xE1, len(big_endian) + 8) + b"Exif\x00\x00" + big_endian
+        + plain[start_of_frame:]
+    )  # fmt: skip
+    variants["fill-bytes"] = plain[:2] + b"\xff\xff" + plain[2:]
+    variants["body-truncated"] = plain[: len(plain) * 2 // 3]
+    variants["header-truncated"] = plain[: start_of_frame + 6]
+    variants["zero-height"] = plain[: start_of_frame + 5] + b"\x00\x00" + plain[start_of_frame + 7 :]
+    variants["soi-then-garbage"] = b"\xff\xd8" + b"garbage" * 10
+    return variants
+
+
+def test_the_jpeg_header_fast_path_reads_what_pil_reads(corpus):
+    """The DALI loader reads each image's size from its header in the training process: a marker walk for JPEGs
+    (~1 us) must give PIL's answer, or hand over to PIL (same size, or same error and reason)."""
+    from kubedistill.data.dali import _jpeg_oriented_size, _pil_oriented_size
+
+    cases = {**_jpeg_variants(), **{rel: data for rel, data in corpus.files.items() if data}}
+    fast_taken = set()
+    for name, data in cases.items():
+        try:
+            expected: Any = _pil_oriented_size(data, source=name, max_pixels=10**8)
+        except ImageDecodeError as error:
+            expected = (error.kind, error.reason)
+        try:
+            got: Any = oriented_size(data, source=name, max_pixels=10**8)
+        except ImageDecodeError as error:
+            got = (error.kind, error.reason)
+        assert got == expected, name
+        if _jpeg_oriented_size(data) is not None:
+            fast_taken.add(name)
+    # The marker walk answers for ordinary JPEGs (else this test would pass with the fast path never taken) ...
+    assert {"plain", "progressive", "gray", "cmyk", "optimized", "exif-big-endian-6", "exif-after-the-frame-header",
+            "exif-without-orientation", "fill-bytes", "body-truncated", "dogs/exif_rotated.jpg"} <= fast_taken  # fmt: skip
+    assert {f"exif-{o}" for o in range(1, 9)} <= fast_taken
+    # ... and leaves to PIL what it cannot vouch for.
+    assert not fast_taken & {"xmp-orientation-6", "exif-malformed", "header-truncated", "soi-then-garbage",
+                             "dogs/really_a_png.jpg", "cats/notes_in_disguise.jpg"}  # fmt: skip
+    assert oriented_size(cases["exif-big-endian-6"]) == (50, 30)  # 30x50 stored, shown rotated
+    assert oriented_size(cases["exif-after-the-frame-header"]) == (50, 30)

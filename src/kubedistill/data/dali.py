@@ -147,6 +147,14 @@ def oriented_size(
     """
     if len(data) == 0:
         raise ImageDecodeError(source, "the file is empty (0 bytes)", "empty")
+    fast = _jpeg_oriented_size(data)
+    if fast is not None and 0 < fast[0] * fast[1] <= max_pixels:
+        return fast
+    return _pil_oriented_size(data, source=source, max_pixels=max_pixels)
+
+
+def _pil_oriented_size(data: bytes, *, source: str, max_pixels: int) -> tuple[int, int]:
+    """``oriented_size`` by PIL: every format, and every error with its reason."""
     with _known_warnings_silenced():
         header = _open_header(data, source)
         _check_size(header, source, max_pixels)
@@ -157,6 +165,82 @@ def oriented_size(
     width, height = header.size
     transposed = orientation in _TRANSPOSING_ORIENTATIONS and not _size_already_oriented(header)
     return (width, height) if transposed else (height, width)
+
+
+# JPEG start-of-frame markers that PIL and nvJPEG both read: baseline, extended sequential, progressive.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
+
+
+def _jpeg_oriented_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) after EXIF orientation from a JPEG's markers, a few us instead of PIL's ~45 (the DALI
+    loader reads every image's header in the training process). Walks the segments up to the first scan, as PIL
+    does, so an EXIF block after the frame header counts too. None for anything else or anything unusual (XMP,
+    which PIL also reads an orientation from; frame types other than baseline/extended/progressive; a
+    malformed segment): PIL then decides, with its own error reasons."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    orientation, size, exif_seen = 1, None, False
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xDA:  # the first scan: the header is complete
+            if size is None:
+                return None
+            height, width = size
+            return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > end:
+            return None
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
+            if not exif_seen:  # PIL keeps the first
+                exif_seen = True
+                found = _exif_orientation(segment[6:])
+                if found is None:
+                    return None
+                orientation = found
+        elif marker == 0xE1 and segment.startswith(b"http://ns.adobe.com/xap/1.0/"):
+            return None
+        elif marker in _JPEG_SOF:
+            if size is not None or length < 8 or segment[5] not in (1, 3, 4):  # gray, YCbCr/RGB, CMYK
+                return None
+            size = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+        elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return None  # another frame type: PIL's call
+        pos += 2 + length
+    return None
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of an EXIF block's first IFD (1 when absent); None when the block is malformed."""
+    if tiff[:4] == b"II*\x00":
+        order = "little"
+    elif tiff[:4] == b"MM\x00*":
+        order = "big"
+    else:
+        return None
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd < 8 or ifd + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    if ifd + 2 + 12 * count > len(tiff):
+        return None
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if int.from_bytes(tiff[entry : entry + 2], order) == _EXIF_ORIENTATION_TAG:
+            if int.from_bytes(tiff[entry + 2 : entry + 4], order) != 3:  # not a SHORT: let PIL read it
+                return None
+            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)
+            return value if 1 <= value <= 8 else None
+    return 1
 
 
 def _size_already_oriented(header: Any) -> bool:
