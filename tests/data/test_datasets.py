@@ -173,6 +173,26 @@ def test_loader_is_reproducible_for_a_seed() -> None:
     assert first_epoch(1) != first_epoch(2)
 
 
+def test_per_sample_seeding_leaves_the_gpu_generators_and_the_global_cpu_stream_alone(monkeypatch) -> None:
+    """The DALI loader (and num_workers=0) seeds views in the training process: reseeding the GPUs' generators there
+    would leave them at the last image's seed (fork_rng restores the CPU's only)."""
+    from kubedistill.data.transforms import DistillationTransform
+
+    def no_gpu_seeding(seed: int) -> None:
+        raise AssertionError(f"a GPU generator was reseeded with {seed}")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", no_gpu_seeding)
+    transform = DistillationTransform()
+    dataset = ImageDataset(["1", "2"], lambda image: transform.sample(40, 60), loader=fake_loader, seed=7)
+    torch.random.default_generator.manual_seed(0)
+    expected_next = torch.rand(3)
+    torch.random.default_generator.manual_seed(0)
+    first = [dataset[(0, i)]["image"] for i in range(2)]
+    assert torch.equal(torch.rand(3), expected_next)  # the global stream continues as if nothing was drawn
+    assert [dataset[(0, i)]["image"] for i in range(2)] == first  # and each view depends on its key alone
+    assert first[0] != first[1]
+
+
 def test_ranks_get_disjoint_equal_shards() -> None:
     dataset = ImageDataset([str(i) for i in range(11)], to_float, loader=fake_loader)
     shards = []
