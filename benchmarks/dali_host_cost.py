@@ -32,6 +32,7 @@ import json, sys, time
 import torch
 from kubedistill.data.dali import DaliLoader
 from kubedistill.data.datasets import ImageDataset
+from kubedistill.data.images import decode_image
 from kubedistill.data.transforms import DistillationTransform
 from kubedistill.data.sources import list_images
 
@@ -58,9 +59,7 @@ draw = best(lambda: [loader._dataset[key] for key in keys])
 samples = [loader._dataset[key] for key in keys]
 feeds = best(lambda: pipe._feeds(samples))
 loader.close()
-torch_path = ImageDataset(files, transform, seed=0, loader=None)
-from kubedistill.data.images import decode_image
-torch_path.loader = lambda path: decode_image(contents[path], source=path)
+torch_path = ImageDataset(files, transform, seed=0, loader=lambda path: decode_image(contents[path], source=path))
 torch_path[keys[0]]
 whole = best(lambda: [torch_path[key] for key in keys[:64]], repeats=4)
 n = len(keys)

@@ -686,8 +686,8 @@ def run_training(config: TrainConfig) -> TrainResult:
         result = trainer.train()
     except BaseException as error:
         trainer.cleanup(failed=True)
-        distributed.report_failure(error)  # for the parent, when run_local_processes started this process
         if distributed.is_initialized():
+            distributed.report_failure(error)  # abort_process exits before run_local_processes' wrapper sees it
             distributed.abort_process()
         raise
     trainer.cleanup()
