@@ -138,7 +138,47 @@ def test_finalize_records_the_outcome_without_mlflow(tmp_path):
     clean = PipelineContext(run_id="r5", output_root=str(tmp_path))
     assert steps.finalize(clean, state="FAILED", error_message="Task exit-handler-1 failed.").reason == (
         "Task exit-handler-1 failed.")  # nothing recorded by a step (e.g. a pod evicted): KFP's message
-    assert steps.finalize(clean, state="SUCCEEDED").succeeded
+    assert steps.finalize(clean, state="SUCCEEDED").succeeded  # kfp.local's word
+
+
+def _parent_run(mlflow_server, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    (parent,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return parent
+
+
+@pytest.mark.parametrize("state", ["COMPLETE", "CACHED"])
+def test_finalize_takes_the_kfp_backends_success_states_for_a_success(tmp_path, mlflow_server, state):
+    # KFP's open-source backend passes MLMD's execution state (backend/src/v2/driver/resolve.go), not SUCCEEDED.
+    experiment = f"finalize-{state.lower()}-{tmp_path.name}"
+    context = PipelineContext(run_id="r10", output_root=str(tmp_path), tracking_uri=mlflow_server, experiment=experiment)
+    context.pipeline_run(required=True)  # opened by the first step
+    result = steps.finalize(context, state=state, error_message="")
+    assert (result.succeeded, result.failed_step, result.reason) == (True, None, None)
+    record = json.loads((tmp_path / "r10" / "run.json").read_text())
+    assert record["state"] == state and record["succeeded"] is True and record["reason"] is None
+    parent = _parent_run(mlflow_server, experiment)
+    assert parent.info.status == "FINISHED" and parent.data.tags["kubedistill.pipeline_state"] == "SUCCEEDED"
+    assert record["mlflow_parent_run_id"] == parent.info.run_id
+
+
+@pytest.mark.parametrize("state", ["FAILED", "CANCELED", "RUNNING", "SOMETHING_NEW", ""])
+def test_finalize_records_every_other_state_as_a_failure(tmp_path, mlflow_server, state):
+    experiment = f"finalize-{state.lower() or 'empty'}-{tmp_path.name}"
+    context = PipelineContext(run_id="r11", output_root=str(tmp_path), tracking_uri=mlflow_server, experiment=experiment)
+    context.pipeline_run(required=True)
+    result = steps.finalize(context, state=state, error_message="")  # the backend leaves the message empty
+    record = json.loads((tmp_path / "r11" / "run.json").read_text())
+    assert not result.succeeded and record["succeeded"] is False and record["state"] == (state or "UNKNOWN")
+    if state in ("FAILED", "CANCELED"):
+        assert record["reason"] == f"the pipeline ended {state}"
+    else:  # a word kubedistill does not know is never taken for a success, and the record says so
+        assert "does not know as a success" in record["reason"] and "COMPLETE" in record["reason"]
+    parent = _parent_run(mlflow_server, experiment)
+    assert parent.info.status == "FAILED" and parent.data.tags["kubedistill.pipeline_state"] == "FAILED"
+    assert parent.data.tags["kubedistill.failure"] == record["reason"]
 
 
 def test_register_without_an_mlflow_server_fails_and_says_what_to_set(tmp_path):

@@ -73,7 +73,7 @@ def run_locally(
         raise PipelineFailedError(f"the pipeline wrote nothing under {output_root}: {error or 'no run folder'}")
     run_dir = new[-1]
     summary = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).is_file() else {}
-    if error is not None or summary.get("state") != "SUCCEEDED":
+    if error is not None or not summary.get("succeeded"):
         step, reason = summary.get("failed_step"), summary.get("reason")
         where = f"at step {step}: {reason}" if step else f"({reason or error})"
         raise PipelineFailedError(f"the pipeline run {run_dir.name} failed {where}; its outputs are in {run_dir}")

@@ -476,24 +476,47 @@ class FinalizeOutputs:
     summary: dict[str, Any]
 
 
+# The words PipelineTaskFinalStatus.state uses for a pipeline body that ended well. KFP's open-source backend
+# (>= 2.14) fills it with MLMD's execution state name (backend/src/v2/driver/resolve.go,
+# `producer.GetExecution().GetLastKnownState().String()`; the names are Execution.State in
+# third_party/ml-metadata/ml_metadata/proto/metadata_store.proto): COMPLETE, or CACHED for a body reused from the
+# cache; FAILED and CANCELED otherwise. kfp.local writes SUCCEEDED or FAILED
+# (sdk/python/kfp/local/orchestrator/orchestrator_utils.py). Any other word is not taken for a success.
+SUCCEEDED_FINAL_STATES = frozenset({"COMPLETE", "CACHED", "SUCCEEDED"})
+FAILED_FINAL_STATES = frozenset({"FAILED", "CANCELED"})
+
+
+def final_state_succeeded(state: str) -> bool:
+    """Whether the exit handler's ``PipelineTaskFinalStatus.state`` means the pipeline body succeeded."""
+    return state.strip().upper() in SUCCEEDED_FINAL_STATES
+
+
+def _unsuccessful_state_reason(state: str) -> str:
+    if state.strip().upper() in FAILED_FINAL_STATES:
+        return f"the pipeline ended {state}"
+    return (f"the pipeline ended in state {state!r}, which kubedistill does not know as a success (expected one of "
+            f"{', '.join(sorted(SUCCEEDED_FINAL_STATES | FAILED_FINAL_STATES))}): recorded as a failure")  # fmt: skip
+
+
 def finalize(context: PipelineContext, *, state: str, error_message: str | None = None) -> FinalizeOutputs:
     """The exit handler: write ``<run>/run.json`` and end the MLflow parent run with the run's outcome.
 
-    ``state``/``error_message``: KFP's PipelineTaskFinalStatus of the pipeline body. The failing step and its
-    reason come from the steps' own records: KFP's status only says that something failed.
+    ``state``/``error_message``: KFP's PipelineTaskFinalStatus of the pipeline body (``state`` in either
+    vocabulary: see SUCCEEDED_FINAL_STATES). The failing step and its reason come from the steps' own records:
+    KFP's status only says that something failed (the open-source backend leaves ``error_message`` empty).
     """
     from kubedistill.tracking.pipeline import close_pipeline_run
 
     state = state or "UNKNOWN"
-    succeeded = state == "SUCCEEDED"
+    succeeded = final_state_succeeded(state)
     failures = context.failures()
     failed_step = failures[0]["step"] if failures else None
     reason = failures[0]["reason"] if failures else None
     if not succeeded and reason is None:
-        reason = error_message or f"the pipeline ended {state}"
+        reason = error_message or _unsuccessful_state_reason(state)
     summary = {
-        "kfp_run_id": context.run_id, "kfp_run_name": context.run_name, "state": state, "failed_step": failed_step,
-        "reason": reason, "outputs": context.run_uri,
+        "kfp_run_id": context.run_id, "kfp_run_name": context.run_name, "state": state, "succeeded": succeeded,
+        "failed_step": failed_step, "reason": reason, "outputs": context.run_uri,
         "steps": {step: context.step_uri(step) for step in STEPS},
     }  # fmt: skip
     parent = context.pipeline_run()
