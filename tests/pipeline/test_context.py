@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kubedistill.errors import ConfigError
-from kubedistill.pipeline.context import PipelineContext
+from kubedistill.pipeline.context import PipelineContext, on_kfp_backend
 
 
 def test_every_step_writes_below_the_run_id(tmp_path):
@@ -65,3 +65,21 @@ def test_the_scheduled_time_of_a_recurring_run_and_none_for_a_manual_one():
     assert scheduled.scheduled_time == "2026-12-01T02:00:00Z"
     manual = PipelineContext.of("r1", "/tmp/x", "n", "", "", "", "{{$.pipeline_job_schedule_time_utc}}")
     assert manual.scheduled_time == ""  # left unresolved (kfp.local) means: not a scheduled run
+
+
+def test_a_kfp_backend_is_known_by_the_pod_name_it_injects():
+    # backend/src/v2/compiler/argocompiler/common.go (commonEnvs): KFP_POD_NAME from metadata.name
+    assert on_kfp_backend({"KFP_POD_NAME": "kubedistill-abc-system-container-impl-123", "KFP_POD_UID": "u"})
+    assert not on_kfp_backend({})  # kfp.local, a shell, a test
+    assert not on_kfp_backend({"KFP_POD_NAME": ""})
+
+
+def test_a_local_output_root_is_refused_only_on_a_kfp_backend(tmp_path):
+    on_kfp = {"KFP_POD_NAME": "p-1"}
+    local = PipelineContext(run_id="r1", output_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="each step is a separate pod .* give a gs://bucket/prefix"):
+        local.refuse_a_local_output_root_on_kfp(on_kfp)
+    with pytest.raises(ConfigError):
+        PipelineContext(run_id="r1", output_root=f"file://{tmp_path}").refuse_a_local_output_root_on_kfp(on_kfp)
+    local.refuse_a_local_output_root_on_kfp({})  # kfp.local: one machine, a local folder is right
+    PipelineContext(run_id="r1", output_root="gs://b/runs").refuse_a_local_output_root_on_kfp(on_kfp)

@@ -92,6 +92,15 @@ def test_validate_step_passes_and_gives_the_manifest(tmp_path):
     assert "10" in result.report_markdown
 
 
+def test_validate_refuses_a_local_output_root_on_a_kfp_backend_before_any_work(tmp_path, monkeypatch):
+    write_images(tmp_path / "images", 4)
+    monkeypatch.setenv("KFP_POD_NAME", "kubedistill-xyz-system-container-impl-1")  # what the backend injects
+    context = PipelineContext(run_id="r1", output_root=str(tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="give a gs://bucket/prefix"):
+        steps.validate(context, dataset_uri=str(tmp_path / "images"), workdir=tmp_path / "work")
+    assert not (tmp_path / "runs").exists()  # nothing validated, nothing written
+
+
 def test_validate_step_rejects_bad_data_and_records_why(tmp_path):
     write_images(tmp_path / "images", 4)
     for i in range(4):

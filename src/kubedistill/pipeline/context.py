@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kubedistill import storage
@@ -22,6 +24,9 @@ STEPS = ("validate", "distill", "probe", "register")
 FAILURE_FILE = "failure.json"
 RUN_FILE = "run.json"
 DEFAULT_EXPERIMENT = "kubedistill"
+# KFP's backend sets these in the main container of every task pod (backend/src/v2/compiler/argocompiler/common.go,
+# `commonEnvs`, used by container.go for the executor; from 2.0 on); kfp.local sets neither.
+KFP_POD_NAME_ENV = "KFP_POD_NAME"
 # A run id is one path segment of the output URI and a tag value: letters, digits and - _ . only.
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -68,6 +73,16 @@ class PipelineContext:
         scheduled = "" if scheduled_time.startswith("{{") else scheduled_time
         return cls(run_id=run_id, output_root=output_root, run_name=run_name, tracking_uri=tracking_uri,
                    experiment=experiment or DEFAULT_EXPERIMENT, kfp_ui_url=kfp_ui_url, scheduled_time=scheduled)  # fmt: skip
+
+    def refuse_a_local_output_root_on_kfp(self, environ: Mapping[str, str] | None = None) -> None:
+        """ConfigError when a KFP backend runs this step and ``output_root`` is a local folder: every task runs in
+        its own pod with its own disk, so the next step (and the exit handler) would never see what this one wrote.
+        Under kfp.local (one machine) a local folder is right."""
+        if on_kfp_backend(environ) and not storage.is_gcs(self.output_root):
+            raise ConfigError([
+                f"output_root: {self.output_root!r} is a folder on this task's own disk, but this pipeline runs on a "
+                "KFP backend where each step is a separate pod that cannot see it: give a gs://bucket/prefix"
+            ])  # fmt: skip
 
     @property
     def run_uri(self) -> str:
@@ -167,7 +182,12 @@ class PipelineContext:
         return found
 
 
-def _plugin_task_run() -> str | None:
-    import os
+def on_kfp_backend(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a task of a KFP backend's run (not kfp.local, not a plain process): the backend
+    names the task's pod in KFP_POD_NAME."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(KFP_POD_NAME_ENV))
 
+
+def _plugin_task_run() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None

@@ -101,6 +101,7 @@ def validate(
     from kubedistill.config import build_validate_config
     from kubedistill.data.validation import render_markdown
 
+    context.refuse_a_local_output_root_on_kfp()  # before anything is written where no other step would see it
     with _step(context, "validate"):
         parent = context.pipeline_run()
         _log_params(context, parent, {"dataset_uri": dataset_uri, "max_bad_fraction": max_bad_fraction,
