@@ -18,6 +18,7 @@ def distill(
     launcher: str,
     train_args: str,
     launch_args: str,
+    trainer_image: str,
     kfp_run_id: str,
     output_root: str,
     kfp_run_name: str,
@@ -33,6 +34,7 @@ def distill(
         manifest: The validated images (read from the URI in its metadata; the images are never copied).
         launcher: Where training runs: local (torchrun in this task's container), pytorchjob or trainjob.
         launch_args: The cluster launchers' settings, space-separated key=value.
+        trainer_image: The training pods' image (the pipeline's default is fixed when it is compiled).
         model: The exported student (weights + model name, feature dim, image size, normalization), with the
             run's facts in its metadata.
         training: The run's config.yaml, train.log, metrics.jsonl and MLflow run record.
@@ -47,7 +49,7 @@ def distill(
             context, manifest_uri=manifest.metadata["uri"], workdir=workdir, student=student, teacher=teacher,
             teacher_weights=teacher_weights_uri, epochs=epochs, batch_size=batch_size, image_size=image_size,
             nodes=nodes, gpus_per_node=gpus_per_node, gpu_type=gpu_type, launcher=launcher, train_args=train_args,
-            launch_args=launch_args,
+            launch_args=launch_args, trainer_image=trainer_image,
         )
         artifacts.fill(model, file=result.model_file, metadata=result.metadata)
         artifacts.fill(training, folder=result.training_folder, metadata={"run_uri": result.run_uri})

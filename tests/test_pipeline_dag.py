@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import components
-from kubedistill.pipeline.images import COMPONENTS_IMAGE
+from kubedistill.pipeline.images import COMPONENTS_IMAGE, TAG, TRAINER_IMAGE
 from pipelines import distillation_pipeline as dag
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def spec() -> dict:
     documents = list(yaml.safe_load_all(dag.COMPILED.read_text()))
     return documents[0]
+
+
+@pytest.fixture(scope="module")
+def platform() -> dict:
+    """The kfp-kubernetes settings: the compiled file's second document."""
+    documents = list(yaml.safe_load_all(dag.COMPILED.read_text()))
+    assert len(documents) == 2
+    return documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _compile(path: Path, **env: str) -> list[dict]:
+    """Compile in a fresh process (the image names are fixed when kubedistill.pipeline.images is imported)."""
+    environ = {k: v for k, v in os.environ.items() if k != "KUBEDISTILL_IMAGE_REGISTRY"}
+    subprocess.run([sys.executable, "-m", "pipelines.distillation_pipeline", "--out", str(path)], cwd=ROOT,
+                   env={**environ, **env}, check=True, capture_output=True)  # fmt: skip
+    return list(yaml.safe_load_all(path.read_text()))
 
 
 def test_compiled_yaml_has_no_drift_from_the_source(tmp_path):
@@ -98,6 +114,56 @@ def test_components_use_our_image_and_install_nothing_at_run_time(spec):
         command = " ".join(container["command"])
         assert "pip install" not in command and "pip" not in container["command"][2], name
     assert spec["sdkVersion"] == f"kfp-{__import__('kfp').__version__}"
+
+
+def test_the_cluster_is_the_default_and_the_trainer_image_is_fixed_at_compile_time(spec):
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["launcher"]["defaultValue"] == "pytorchjob"  # the demo and the local tests pass local
+    assert parameters["trainer_image"]["defaultValue"] == TRAINER_IMAGE
+    distill = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["distill"]
+    assert distill["inputs"]["parameters"]["trainer_image"]["componentInputParameter"] == "pipelinechannel--trainer_image"
+
+
+def test_an_image_registry_given_at_compile_time_names_both_images(tmp_path):
+    spec, _ = _compile(tmp_path / "other.yaml", KUBEDISTILL_IMAGE_REGISTRY="r.example/x")
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"r.example/x/kubedistill-components:{TAG}"}
+    trainer = spec["root"]["inputDefinitions"]["parameters"]["trainer_image"]["defaultValue"]
+    assert trainer == f"r.example/x/kubedistill-trainer:{TAG}"
+
+
+def test_a_job_launched_with_the_compiled_defaults_runs_the_compiled_trainer_image(tmp_path):
+    """What the distill step does with the compiled defaults, up to the job spec (a dry run: no cluster)."""
+    from kubedistill.kube.spec import LaunchConfig, render
+    from kubedistill.pipeline import steps
+
+    spec, _ = _compile(tmp_path / "other.yaml", KUBEDISTILL_IMAGE_REGISTRY="r.example/x")
+    defaults = {k: p.get("defaultValue") for k, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    settings = steps.job_settings(defaults["launch_args"], gpu_type=defaults["gpu_type"], image=defaults["trainer_image"])
+    config = LaunchConfig(backend=defaults["launcher"], nodes=defaults["nodes"], gpus_per_node=defaults["gpus_per_node"],
+                          name="kd-run-1", settings=settings)  # fmt: skip
+    job = yaml.safe_load(render(config, {"out": "gs://b/runs/r1/distill", "data": "gs://b/m.jsonl",
+                                         "model": "torchvision/resnet18"}))  # fmt: skip
+    images = {c["image"] for replica in job["spec"]["pytorchReplicaSpecs"].values()
+              for c in replica["template"]["spec"]["containers"]}  # fmt: skip
+    assert images == {f"r.example/x/kubedistill-trainer:{TAG}"}  # not the default registry of the components pod
+    with pytest.raises(Exception, match="'image' is the pipeline parameter 'trainer_image'"):
+        steps.job_settings("image=elsewhere/trainer:1", gpu_type="", image=defaults["trainer_image"])
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits(spec):
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"].get("resources", {})
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert resources.get(key), f"{name} has no {key}"
+        assert resources["cpuLimit"] >= resources["cpuRequest"] and resources["memoryLimit"] >= resources["memoryRequest"]
+    assert executors["exec-distill"]["container"]["resources"]["resourceMemoryLimit"] == "4Gi"
+
+
+def test_the_distill_task_is_not_evictable(platform):
+    assert platform == {"exec-distill": {"podMetadata": {"annotations": {
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}}}}  # only the task that follows a job
 
 
 def test_components_are_thin():

@@ -36,6 +36,7 @@ def _arguments(tmp_path: Path, data: Path, mlflow_uri: str, **overrides) -> dict
         "batch_size": 8,
         "image_size": 28,
         "gpus_per_node": 2,
+        "launcher": "local",  # the compiled default is pytorchjob (a cluster)
         "train_args": "accelerator=cpu num_workers=0 log_every_n_steps=1",
         "mlflow_tracking_uri": mlflow_uri,
         "mlflow_experiment": f"pipeline-{tmp_path.name}",

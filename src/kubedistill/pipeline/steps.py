@@ -194,6 +194,7 @@ def distill(
     launcher: str = "local",
     train_args: str = "",
     launch_args: str = "",
+    trainer_image: str = "",
 ) -> DistillOutputs:
     """Distill ``teacher`` into ``student`` on the manifest's images with ``launcher``; the exported student and
     the run's records, copied into ``workdir`` (the caller's folder; the caller removes it).
@@ -203,7 +204,8 @@ def distill(
     is checked here, before anything is launched. Training always resumes from the run's own checkpoints, so
     a retried task continues where the failed attempt stopped. ``launch_args``: the cluster launchers' settings,
     space-separated key=value (``service_account=... kueue_queue=... mlflow_secret=... namespace=...``: see
-    ``kubedistill.kube.settings.JobSettings``); ``gpu_type`` is its own parameter.
+    ``kubedistill.kube.settings.JobSettings``); ``gpu_type`` and ``trainer_image`` (the training pods' image,
+    fixed when the pipeline is compiled; empty: JobSettings' default) are their own parameters.
     """
     from kubedistill.launch import LaunchRequest, get_launcher, job_name
 
@@ -213,14 +215,14 @@ def distill(
             "student": student, "teacher": teacher, "teacher_weights": teacher_weights or "official",
             "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "nodes": nodes,
             "gpus_per_node": gpus_per_node, "gpu_type": gpu_type, "launcher": launcher, "train_args": train_args,
-            "launch_args": launch_args,
+            "launch_args": launch_args, "trainer_image": trainer_image,
         })  # fmt: skip
         values = train_values(
             context, manifest_uri=manifest_uri, student=student, teacher=teacher, teacher_weights=teacher_weights,
             epochs=epochs, batch_size=batch_size, image_size=image_size, train_args=train_args,
             mlflow=context.step_mlflow("distill", parent),
         )  # fmt: skip
-        launch = get_launcher(launcher, job_settings(launch_args, gpu_type=gpu_type))
+        launch = get_launcher(launcher, job_settings(launch_args, gpu_type=gpu_type, image=trainer_image))
         out_uri = context.step_uri("distill")
         if launcher != "local" and not storage.is_gcs(out_uri):
             raise ConfigError([
@@ -235,16 +237,24 @@ def distill(
         return _read_training_run(out_uri, Path(workdir))
 
 
-def job_settings(launch_args: str, *, gpu_type: str):
-    """The cluster launchers' ``JobSettings`` from the ``launch_args`` parameter; every problem at once."""
+# JobSettings fields that are pipeline parameters of their own: launch_args may not set them too.
+OWN_PARAMETERS = {"gpu_type": "gpu_type", "image": "trainer_image"}
+
+
+def job_settings(launch_args: str, *, gpu_type: str, image: str = ""):
+    """The cluster launchers' ``JobSettings`` from the ``launch_args`` parameter, ``gpu_type`` and ``image`` (the
+    ``trainer_image`` parameter; empty: JobSettings' default); every problem at once."""
     from kubedistill.config import build, parse_key_values
     from kubedistill.kube.settings import JobSettings
 
     values = parse_key_values(shlex.split(launch_args)) if launch_args.strip() else {}
-    if "gpu_type" in values:
-        raise ConfigError(["launch_args: 'gpu_type' is its own pipeline parameter"])
+    clashes = [f"launch_args: {key!r} is the pipeline parameter {name!r}; set it there"
+               for key, name in OWN_PARAMETERS.items() if key in values]  # fmt: skip
+    if clashes:
+        raise ConfigError(clashes)
+    own = {"gpu_type": gpu_type, **({"image": image} if image else {})}
     problems: list[str] = []
-    settings = build(JobSettings, {**values, "gpu_type": gpu_type}, problems=problems)
+    settings = build(JobSettings, {**values, **own}, problems=problems)
     if problems:
         raise ConfigError([f"launch_args: {p}" for p in problems])
     return settings
