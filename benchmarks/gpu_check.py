@@ -1,7 +1,9 @@
 """GPU check: whole-step speed, model FLOP utilisation (MFU) and what limits the step, on one NVIDIA GPU.
 
 For each student (``--models``, default resnet18 and resnet50) with the dinov2/vitb14 teacher (random weights,
-the official architecture), 224x224, batch ``--batch-size`` (256), bf16-mixed, on generated JPEGs:
+the official architecture), 224x224, batch ``--batch-size`` (256), in the precision the trainer's
+``precision=auto`` picks on that device (bf16-mixed on a GPU with bf16; ``--precision`` overrides), on generated
+JPEGs:
 
 1. **loader alone**: images/s of the torch DataLoader (``--workers`` processes) and of DALI (nvJPEG and the
    augmentations on the GPU), each iterated without training: can the loader feed the GPU?
@@ -17,8 +19,11 @@ the official architecture), 224x224, batch ``--batch-size`` (256), bf16-mixed, o
    DDP, so their set-up and per-step cost show, not the interconnect).
 
 MFU = counted FLOPs per image (teacher forward + student forward and backward, torch.utils.flop_counter) x
-images/s / the GPU's dense bf16 peak (the datasheet figure when the GPU is known, else a measured matmul peak;
-the table says which). Each measurement runs in its own process; results are appended to ``--out``/gpu_check.md
+images/s / the device's dense peak in the precision the model runs in (bf16 when the teacher or the student
+runs in bf16: the datasheet figure when the GPU is known, else a measured matmul peak; fp32 (TF32 on CUDA):
+a measured matmul peak; the table says which). On a CPU without native bf16 ``auto`` means fp32, and so does
+the peak: a bf16 peak measured there is an emulated one, far below what the fp32 model runs at. Each
+measurement runs in its own process; results are appended to ``--out``/gpu_check.md
 as they come, so a run cut short by a time limit keeps what it measured.
 
 Needs an NVIDIA GPU with its driver, a CUDA build of torch, and the project installed with its GPU extra
@@ -61,7 +66,7 @@ def _config(args: argparse.Namespace, model: str, data: Path, out: Path, loader:
     return {
         "out": str(out), "data": str(data), "model": model, "overwrite": True, "epochs": 1000,
         "method_args": {"teacher": args.teacher, "teacher_weights": "none"}, "batch_size": args.batch_size,
-        "max_steps": args.steps, "precision": "bf16-mixed", "accelerator": args.device, "log_every_n_steps": 1,
+        "max_steps": args.steps, "precision": args.precision, "accelerator": args.device, "log_every_n_steps": 1,
         "num_workers": args.workers, "loader_args": {"backend": loader}, "compile": compiled,
         "transform_args": {"image_size": [args.image_size, args.image_size]},
     }  # fmt: skip
@@ -177,16 +182,19 @@ def child_flops(spec: dict) -> dict:
     from kubedistill.methods.distillation.loss import distillation_loss
     from kubedistill.models.students import build_student
     from kubedistill.models.teachers import load_teacher
+    from kubedistill.training.precision import resolve_precision
 
-    device, size = spec["device"], spec["image_size"]
+    device, size = torch.device(spec["device"]), spec["image_size"]
+    plan = resolve_precision(spec["precision"], device)
     teacher = load_teacher(spec["teacher"], weights="none").to(device)
     student = build_student(spec["model"], image_size=(size, size)).to(device)
     head = torch.nn.Linear(student.feature_dim, teacher.embed_dim).to(device)
     images = torch.randn(8, 3, size, size, device=device)
-    with FlopCounterMode(display=False) as counter, torch.autocast(device, dtype=torch.bfloat16):
-        with torch.no_grad():
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), plan.teacher_autocast(device):
             target = torch.nn.functional.normalize(teacher(images).float(), dim=-1)
-        vectors = torch.nn.functional.normalize(head(student(images)).float(), dim=-1)
+        with plan.student_autocast(device):
+            vectors = torch.nn.functional.normalize(head(student(images)).float(), dim=-1)
         distillation_loss(vectors, target, target, temperature=0.07).backward()
     return {"flops_per_image": counter.get_total_flops() / 8}
 
@@ -212,17 +220,33 @@ def run_child(kind: str, spec: dict, timeout: float) -> dict:
 # --- the parent -----------------------------------------------------------------------------------------------
 
 
-def bf16_peak(device: str, device_name: str) -> tuple[float, str]:
-    """(FLOP/s, where it comes from): the datasheet's dense bf16 figure, else the best large matmul here."""
-    for key, tflops in DATASHEET_BF16_TFLOPS.items():
-        if device == "cuda" and key in device_name:
-            return tflops * 1e12, f"datasheet {tflops:.0f} TFLOP/s"
-    sys.path.insert(0, str(HERE))
+def peak_dtype(precision: str, device: str):
+    """The dtype whose peak the MFU is a share of: the lower-precision one the step uses (bf16 or fp16 when
+    either model runs in it, which makes the MFU of a bf16-teacher/fp32-student run a conservative figure)."""
     import torch
+
+    from kubedistill.training.precision import resolve_precision
+
+    plan = resolve_precision(precision, torch.device(device))
+    return plan.teacher_dtype or plan.student_dtype or torch.float32
+
+
+def peak(device: str, device_name: str, dtype) -> tuple[float, str]:
+    """(FLOP/s, where it comes from): the datasheet's dense bf16/fp16 figure when the GPU is known, else the best
+    large matmul here in ``dtype`` (fp32 matmuls on CUDA use TF32, as the trainer sets them up for 32-true)."""
+    import torch
+
+    if device == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        for key, tflops in DATASHEET_BF16_TFLOPS.items():
+            if key in device_name:
+                return tflops * 1e12, f"datasheet {tflops:.0f} TFLOP/s"
+    sys.path.insert(0, str(HERE))
     from flops_breakdown import matmul_peak
 
+    if device == "cuda" and dtype == torch.float32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     size = 8192 if device == "cuda" else 2048
-    measured = matmul_peak(torch.bfloat16, size, torch.device(device)) * 1e9  # it returns GFLOP/s
+    measured = matmul_peak(dtype, size, torch.device(device)) * 1e9  # it returns GFLOP/s
     return measured, f"measured matmul {measured / 1e12:.2f} TFLOP/s"
 
 
@@ -240,6 +264,9 @@ def main() -> None:
     parser.add_argument("--ddp-devices", type=int, default=None,
                         help="processes of the distributed row (default: every visible GPU; 0 skips the row)")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--precision", default="auto",
+                        help="the trainer's precision setting (default auto: bf16-mixed on a GPU with bf16 and on a "
+                             "CPU with native bf16, fp32 on other CPUs)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cpu: run every measurement on the CPU, to test this script (the figures mean nothing)")
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.md")
@@ -260,16 +287,21 @@ def main() -> None:
     name = torch.cuda.get_device_name() if on_gpu else cpu_name()
     gpus = torch.cuda.device_count() if on_gpu else 0
     ddp = args.ddp_devices if args.ddp_devices is not None else (gpus if on_gpu else 2)
-    peak, peak_source = bf16_peak(args.device, name)
+    from kubedistill.training.precision import resolve_precision
+
+    args.precision = resolve_precision(args.precision, torch.device(args.device)).name  # the same in every child
+    dtype = peak_dtype(args.precision, args.device)
+    dtype_name = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float", "fp")
+    top, peak_source = peak(args.device, name, dtype)
     size = args.image_size
     lines = [
         f"### GPU check: {', '.join(models)} + {args.teacher} (random weights), {size}x{size}, batch "
-        f"{args.batch_size} per device, bf16-mixed, on {args.device}",
+        f"{args.batch_size} per device, {args.precision}, on {args.device}",
         f"- command: `python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {name} ({gpus} visible GPUs); torch "
         f"{torch.__version__}; date: {datetime.date.today().isoformat()}; torch loader: {args.workers} worker "
         "processes",
-        f"- MFU against the {peak_source} bf16 peak; {args.steps} steps per run, median over steps after "
+        f"- MFU against the {peak_source} {dtype_name} peak; {args.steps} steps per run, median over steps after "
         f"{args.warmup}",
         "",
         "| student | measurement | loader | compiled | images/s | MFU | GPU busy (vs model alone) | NVML busy | "
@@ -294,11 +326,11 @@ def main() -> None:
         make_images(data, args.batch_size * max(1, ddp) * (args.steps + args.warmup + 2))
         for model in models:
             flops = run_child("flops", {"model": model, "teacher": args.teacher, "device": args.device,
-                                        "image_size": size}, args.timeout)  # fmt: skip
+                                        "image_size": size, "precision": args.precision}, args.timeout)  # fmt: skip
             per_image = flops.get("flops_per_image")
 
             def mfu(rate: float, flops_per_image: float | None = per_image) -> str:
-                return f"{flops_per_image * rate / peak:.1%}" if flops_per_image else "n/a"
+                return f"{flops_per_image * rate / top:.1%}" if flops_per_image else "n/a"
 
             for loader in loaders:
                 spec = {"config": _config(args, model, data, Path(tmp) / "l", loader, False),

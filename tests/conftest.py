@@ -27,6 +27,24 @@ TINY_RUN = {
 }
 
 
+# Tests of the bf16 path itself (channels-last bf16 students, bf16 exports, compiled bf16 graphs) run where bf16 is
+# native. Where it is emulated (an AVX2-only CPU, or `make test CPU=avx2` here) precision=auto never picks bf16,
+# and those tests would only time the emulation (~8x slower than fp32); the fp32 path is what runs there.
+def _native_bf16() -> bool:
+    from kubedistill.training.precision import cpu_has_fast_bf16
+
+    return cpu_has_fast_bf16()
+
+
+native_bf16 = pytest.mark.skipif(
+    not _native_bf16(),
+    reason="bf16 is emulated on this CPU (no AVX512-BF16 or AMX, or ONEDNN_MAX_CPU_ISA caps it): precision=auto "
+    "runs fp32 here, and the fp32 path is tested",
+)
+# What `make test CPU=avx2` sets: oneDNN and ATen kernels capped at AVX2, as on a CPU without AVX-512.
+AVX2_ONLY_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
 def write_images(folder: Path, count: int, *, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
     """``count`` JPEG/PNG images of varied content and sizes under ``folder`` (two subfolders)."""
     rng = np.random.default_rng(seed)

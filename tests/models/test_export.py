@@ -27,12 +27,14 @@ def _load_as_the_json_says(exported: Path, monkeypatch: pytest.MonkeyPatch) -> t
 
 
 def test_trained_backbone_loads_strictly_into_torchvision_and_gives_the_same_features(tmp_path, image_folder, monkeypatch):
-    """A bf16 run keeps the student channels-last; its export must still be plain contiguous tensors."""
+    """The export of a run in the precision this CPU trains in (precision=auto): plain contiguous tensors that load
+    strictly into torchvision's model. With native bf16 that run keeps the student channels-last, whose strides
+    must not reach the file; without it the run is fp32."""
     out = tmp_path / "run"
     kubedistill.train(out=out, data=image_folder, model="torchvision/resnet18", epochs=1, max_steps=2,
                       method_args={"teacher": "dinov2/vits14", "teacher_weights": "none"}, batch_size=8,
                       transform_args={"image_size": [28, 28]}, num_workers=0, accelerator="cpu",
-                      precision="bf16-mixed")  # fmt: skip
+                      precision="auto")  # fmt: skip
     path = out / "exported" / "resnet18_backbone.pt"
     state = torch.load(path, weights_only=True)
     assert all(t.is_contiguous() for t in state.values())

@@ -33,7 +33,7 @@ from kubedistill.training.compile import (
 )
 from kubedistill.training.precision import cast_frozen_matmul_weights_
 
-from ..conftest import TINY_RUN
+from ..conftest import TINY_RUN, native_bf16
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 SIZE = (28, 28)
@@ -136,8 +136,7 @@ def test_the_decision_is_frozen():
         # intermediates in fp32 where eager rounds each op's output to bf16 (2^-8 relative); measured max
         # |diff| 2.2e-2 over 5 batches, cosine > 0.999999.
         # Slow: a second cold inductor compile (~15 s); the fp32 case keeps the check in the default run.
-        pytest.param(True, 5e-2, marks=[pytest.mark.slow, pytest.mark.skipif(
-            not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")]),
+        pytest.param(True, 5e-2, marks=[pytest.mark.slow, native_bf16]),
     ],
 )  # fmt: skip
 def test_the_compiled_teacher_gives_the_eager_teachers_vectors(bf16, tolerance):

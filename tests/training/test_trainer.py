@@ -17,7 +17,7 @@ from kubedistill.models.students import build_student
 from kubedistill.training.checkpoint import load_checkpoint
 from kubedistill.training.trainer import Trainer
 
-from ..conftest import TINY_RUN
+from ..conftest import TINY_RUN, native_bf16
 
 FAST = TINY_RUN
 
@@ -183,7 +183,7 @@ def test_devices_2_starts_two_processes_without_torchrun(tmp_path, monkeypatch):
     assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2, 3]  # rank 0 alone writes
 
 
-@pytest.mark.parametrize(("precision", "bf16"), [("bf16-mixed", True), ("32-true", False)])
+@pytest.mark.parametrize(("precision", "bf16"), [pytest.param("bf16-mixed", True, marks=native_bf16), ("32-true", False)])
 def test_bf16_runs_the_student_channels_last_and_stores_the_frozen_teacher_in_bf16(tmp_path, image_folder, precision,
                                                                                  bf16):  # fmt: skip
     """The two speed choices that follow the precision: NHWC student convolutions (oneDNN's fast bf16 path) and

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from kubedistill.data.transforms import EvalTransform, NormalizeArgs
+from kubedistill.training.precision import resolve_precision
 
 EMBED_DIM = 128
 
@@ -96,15 +97,20 @@ def train_teacher(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    precision: str = "auto",
     log=print,
 ) -> dict[str, float]:
-    """Train with labels, save the TorchScript embedding network to ``out``; returns its test accuracy."""
+    """Train with labels, save the TorchScript embedding network to ``out``; returns its test accuracy, the
+    training time and the precision it trained in (``precision``, decided as the trainer decides it)."""
     torch.manual_seed(seed)
     images, labels, _ = load_split(train_root)
     net, classifier = TeacherNet(width, input_size=image_size), nn.Linear(EMBED_DIM, 10)
-    # bf16 autocast and channels-last convolutions: ~4x fp32 on CPUs with native bf16 (the teacher is
-    # saved with fp32 weights; the distillation run decides its own precision).
-    net.to(memory_format=torch.channels_last)
+    # The trainer's own choice: bf16 autocast only on a CPU with native bf16 (~4x fp32 there, with channels-last
+    # convolutions), fp32 elsewhere (emulated bf16 is ~8x slower than fp32). The teacher is saved with fp32
+    # weights either way; the distillation run decides its own precision.
+    plan = resolve_precision(precision, torch.device("cpu"))
+    layout = torch.channels_last if plan.student_bf16 else torch.contiguous_format
+    net.to(memory_format=layout)
     params = [*net.parameters(), *classifier.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     steps_per_epoch = len(images) // batch_size
@@ -117,8 +123,8 @@ def train_teacher(
         order = torch.randperm(len(images))
         for step in range(steps_per_epoch):
             batch = order[step * batch_size : (step + 1) * batch_size]
-            x = augment_batch(images[batch], image_size).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = augment_batch(images[batch], image_size).contiguous(memory_format=layout)
+            with plan.student_autocast(torch.device("cpu")):
                 logits = classifier(net(x))
             loss = nn.functional.cross_entropy(logits.float(), labels[batch], label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
@@ -134,7 +140,7 @@ def train_teacher(
         # TorchScript is deprecated in torch, but it is the teacher format that needs no Python class to load.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
         torch.jit.script(net).save(str(out))
-    return {"test_accuracy": accuracy, "train_seconds": train_seconds, "losses": losses}
+    return {"test_accuracy": accuracy, "train_seconds": train_seconds, "losses": losses, "precision": plan.name}
 
 
 def augment_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:

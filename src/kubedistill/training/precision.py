@@ -88,12 +88,17 @@ def configure_matmul(device: torch.device, plan: PrecisionPlan) -> None:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmuls (AVX512-BF16 / AMX): there bf16 is ~4x faster than fp32.
+    """True where this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX) and oneDNN may use them: there
+    bf16 is ~4x faster than fp32. Elsewhere bf16 is emulated (~8x slower than fp32 on an AVX2-only AMD EPYC,
+    measured), so it must not be the default.
 
-    Without them bf16 is emulated and slower than fp32, so it must not be the default.
+    Two questions, because each alone misleads: oneDNN's own check says yes on any AVX-512 CPU (it can emulate
+    bf16 with AVX-512 instructions), and the CPU's flags ignore ``ONEDNN_MAX_CPU_ISA``, which caps what oneDNN
+    uses (``make test CPU=avx2`` sets it to AVX2 to run as on a CPU without AVX-512: bf16 is then emulated).
     """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(native and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
