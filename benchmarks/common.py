@@ -15,3 +15,18 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def default_variants(variants: dict, precision_of) -> list[str]:
+    """The variant names to run by default: all of them, except those that ask for bf16 explicitly on a CPU where
+    bf16 is emulated (~8x slower than fp32 there: they would time the emulation; name them to run them anyway).
+    ``precision_of(value)``: a variant's precision setting."""
+    from kubedistill.training.precision import cpu_has_fast_bf16
+
+    if cpu_has_fast_bf16():
+        return list(variants)
+    skipped = [name for name, value in variants.items() if "bf16" in precision_of(value)]
+    if skipped:
+        print(f"bf16 is emulated on this CPU: not running {'; '.join(skipped)} (name them with --variants to run "
+              "them); precision auto is fp32 here", flush=True)  # fmt: skip
+    return [name for name in variants if name not in skipped]

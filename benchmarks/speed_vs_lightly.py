@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name
+from common import cpu_name, default_variants
 
 HERE = Path(__file__).resolve().parent
 LIGHTLY_PYTHON = HERE / ".venv-lightly" / "bin" / "python"
@@ -169,14 +169,15 @@ def main() -> None:
     parser.add_argument("--num-workers", default="1", help="DataLoader workers, the same for both tools")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of all variants")
     parser.add_argument("--workdir", type=Path, default=None, help="keep images and runs here (default: a temp dir)")
-    parser.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated, from: " + "; ".join(VARIANTS))
+    parser.add_argument("--variants", default=None, help="';'-separated, from: " + "; ".join(VARIANTS) +
+                        " (default: all; the explicit bf16 one only on a CPU with native bf16)")  # fmt: skip
     args = parser.parse_args()
     if args.child:
         run_child(args)
         return
     if not LIGHTLY_PYTHON.exists():
         raise SystemExit(f"{LIGHTLY_PYTHON} is missing: run `make bench-speed`, which creates it")
-    names = [v.strip() for v in args.variants.split(";")]
+    names = [v.strip() for v in args.variants.split(";")] if args.variants else default_variants(VARIANTS, lambda v: v[1])
     sys.path.insert(0, str(HERE))
     from train_speed import make_images  # the generated JPEGs of the training benchmark
 
