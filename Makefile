@@ -14,6 +14,10 @@ LIGHTLY_VENV ?= benchmarks/.venv-lightly
 LIGHTLY_SPEC ?= lightly-train==0.18.0
 LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
+# CPU=avx2 runs tests, the demo and the benchmarks as on a CPU with AVX2 only (no AVX-512, no native bf16): oneDNN
+# and ATen kernels are capped at AVX2, so bf16 is emulated and precision=auto picks fp32. Empty: the CPU as it is.
+CPU ?=
+RUN_ENV := $(if $(filter avx2,$(CPU)),ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2,$(if $(CPU),$(error CPU=$(CPU): only CPU=avx2 or empty),))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-slow lint compile demo wheel images push submit schedule bench-train bench-probe bench-quality bench-speed bench-logging clean
@@ -30,11 +34,11 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DINOV2_REF)
 	@touch $@
 
-test: setup ## Run the test suite (slow tests excluded)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup ## Run the test suite (slow tests excluded; CPU=avx2: as on a CPU without AVX-512 or native bf16)
+	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup ## Run only the slow tests
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(RUN_ENV) $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup ## Lint with the pinned ruff
 	$(VENV)/bin/ruff check src tests benchmarks components pipelines
@@ -43,7 +47,7 @@ compile: setup ## Compile the pipeline to pipelines/distillation_pipeline.yaml (
 	$(PY) -m pipelines.distillation_pipeline
 
 demo: setup ## Run the compiled pipeline end to end with kfp.local, a local MLflow and a known teacher (~5 min)
-	$(PY) -m pipelines.demo $(DEMO_ARGS)
+	$(RUN_ENV) $(PY) -m pipelines.demo $(DEMO_ARGS)
 
 # Image names and tags come from kubedistill/pipeline/images.py (REGISTRY overrides the registry, as
 # KUBEDISTILL_IMAGE_REGISTRY does for `make compile`); the base image is pinned by digest in images/base-image.
@@ -76,16 +80,16 @@ schedule: setup ## Upload the pipeline as a new version and (re)create the night
 	$(PY) -m pipelines.schedule $(SCHEDULE_ARGS)
 
 bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
-	$(PY) benchmarks/train_speed.py
+	$(RUN_ENV) $(PY) benchmarks/train_speed.py
 
 bench-probe: setup ## Linear probe + kNN speed and accuracy vs scikit-learn, 10k features (see BENCHMARKS.md)
-	$(PY) benchmarks/probe_speed.py
+	$(RUN_ENV) $(PY) benchmarks/probe_speed.py
 
 bench-quality: setup ## Quality: random vs distilled student vs teacher, linear probe on rendered digits (~15 min)
-	$(PY) benchmarks/quality/benchmark.py $(BENCH_QUALITY_ARGS)
+	$(RUN_ENV) $(PY) benchmarks/quality/benchmark.py $(BENCH_QUALITY_ARGS)
 
 bench-speed: setup $(LIGHTLY_STAMP) ## Speed: kubedistill vs LightlyTrain distillationv1 in one run (~15 min)
-	$(PY) benchmarks/speed_vs_lightly.py $(BENCH_SPEED_ARGS)
+	$(RUN_ENV) $(PY) benchmarks/speed_vs_lightly.py $(BENCH_SPEED_ARGS)
 
 bench-logging: setup ## MLflow logging: per-step cost, healthy vs 2 s server, synchronous vs queued (~2 min)
 	$(PY) benchmarks/mlflow_logging.py $(BENCH_LOGGING_ARGS)
