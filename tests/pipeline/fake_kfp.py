@@ -3,7 +3,13 @@
 No KFP API server runs on these machines. This one answers healthz; experiments (list by name, create);
 pipelines (upload, list by name) and their versions (upload); runs (create, get, terminate) with states the
 test scripts; recurring runs (list, create, delete). It records every request, so tests can check what was
-asked, and can refuse a token.
+asked; it can refuse a token, and fail a run's status checks (HTTP 500/503, or a connection dropped without an
+answer) as a restarting API server or proxy does.
+
+What it answers follows the upstream API (kubeflow/pipelines, tag 2.14.0; unchanged through 2.17.0): field names
+are the JSON names of backend/api/v2beta1/swagger/*.swagger.json (snake_case, except ListRecurringRunsResponse's
+``recurringRuns``), run states are v2beta1 RuntimeState (backend/api/v2beta1/run.proto), and healthz is the JSON
+backend/src/apiserver/main.go writes. Fields named ``_fake_*`` are this stand-in's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -17,9 +23,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+# v2beta1 RuntimeState values (backend/api/v2beta1/run.proto, enum RuntimeState; swagger v2beta1RuntimeState).
+RUNTIME_STATES = frozenset({"RUNTIME_STATE_UNSPECIFIED", "PENDING", "RUNNING", "SUCCEEDED", "SKIPPED", "FAILED",
+                            "CANCELING", "CANCELED", "PAUSED"})  # fmt: skip
+# What a status check can meet instead of an answer: an HTTP error status, or the connection closed unanswered.
+POLL_FAILURES = frozenset({"500", "503", "drop"})
+
 
 class FakeKfp:
-    def __init__(self, *, run_states: list[str] | None = None, token: str | None = None):
+    def __init__(self, *, run_states: list[str] | None = None, token: str | None = None, multi_user: bool = False,
+                 tag_name: str = "2.16.0", poll_failures: list[str] | None = None):  # fmt: skip
         self.ids: Iterator[int] = itertools.count(1)
         self.experiments: dict[str, dict[str, Any]] = {}
         self.pipelines: dict[str, dict[str, Any]] = {}
@@ -27,7 +40,13 @@ class FakeKfp:
         self.runs: dict[str, dict[str, Any]] = {}
         self.recurring: dict[str, dict[str, Any]] = {}
         self.run_states = list(run_states or ["RUNNING", "SUCCEEDED"])  # what successive GETs of a run see
+        unknown = set(self.run_states) - RUNTIME_STATES
+        assert not unknown, f"not a v2beta1 RuntimeState: {unknown}"
+        self.poll_failures = list(poll_failures or [])  # what the next GETs of a run meet instead, one each
+        assert set(self.poll_failures) <= POLL_FAILURES, self.poll_failures
         self.token = token
+        self.multi_user = multi_user
+        self.tag_name = tag_name
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), _handler(self))
@@ -41,6 +60,16 @@ class FakeKfp:
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids)}"
+
+    def healthz(self) -> dict[str, Any]:
+        # backend/src/apiserver/main.go, /apis/v2beta1/healthz: commit_sha and tag_name from the server image's
+        # COMMIT_SHA/TAG_NAME ("unknown" when unset), multi_user, pipeline_store ("database" or "kubernetes").
+        return {"commit_sha": "0d857b6f8a", "tag_name": self.tag_name, "multi_user": self.multi_user,
+                "pipeline_store": "database"}  # fmt: skip
+
+
+# google.rpc.Code of the HTTP statuses this stand-in answers with (the gateway maps one to the other).
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 500: 13}
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -71,14 +100,16 @@ def _handler(fake: FakeKfp):
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             path = url.path.removeprefix("/apis/v2beta1")
             if path == "/healthz":
-                return self._json({"multi_user": False, "pipeline_store": "database"})
-            if path == "/experiments":
-                return self._json({"experiments": _named(fake.experiments, query), "total_size": 0})
-            if path == "/pipelines":
-                return self._json({"pipelines": _named(fake.pipelines, query)})
+                return self._json(fake.healthz())
+            if path == "/experiments":  # experiment.swagger.json, v2beta1ListExperimentsResponse
+                found = _named(fake.experiments, query)
+                return self._json({"experiments": found, "total_size": len(found)})
+            if path == "/pipelines":  # pipeline.swagger.json, v2beta1ListPipelinesResponse
+                found = _named(fake.pipelines, query)
+                return self._json({"pipelines": found, "total_size": len(found)})
             if match := re.fullmatch(r"/runs/([^/:]+)", path):
                 return self._get_run(match[1])
-            if path == "/recurringruns":
+            if path == "/recurringruns":  # recurring_run.swagger.json, v2beta1ListRecurringRunsResponse
                 found = [r for r in fake.recurring.values() if r["experiment_id"] == query.get("experiment_id")]
                 return self._json({"recurringRuns": found, "total_size": len(found)})
             self._error(404, f"no route for GET {path}")
@@ -91,32 +122,32 @@ def _handler(fake: FakeKfp):
             path = url.path.removeprefix("/apis/v2beta1")
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with fake.lock:
-                if path == "/experiments":
+                if path == "/experiments":  # the request is a v2beta1Experiment; the answer too, with its id
                     experiment = json.loads(body)
                     experiment["experiment_id"] = fake.new_id("experiment")
                     fake.experiments[experiment["experiment_id"]] = experiment
                     return self._json(experiment)
-                if path == "/pipelines/upload":
+                if path == "/pipelines/upload":  # pipeline.upload.swagger.json: a v2beta1Pipeline
                     name = query.get("name") or _multipart_field(body, "name")
                     pipeline = {"pipeline_id": fake.new_id("pipeline"), "display_name": name}
                     fake.pipelines[pipeline["pipeline_id"]] = pipeline
                     self._version(pipeline["pipeline_id"], f"{name}-first", body)
                     return self._json(pipeline)
-                if path == "/pipelines/upload_version":
+                if path == "/pipelines/upload_version":  # a v2beta1PipelineVersion
                     pipeline_id = query.get("pipelineid")
                     if pipeline_id not in fake.pipelines:
                         return self._error(404, f"pipeline {pipeline_id} not found")
                     return self._json(self._version(pipeline_id, query.get("name"), body))
-                if path == "/runs":
+                if path == "/runs":  # the request is a v2beta1Run; the answer adds run_id and state
                     run = json.loads(body)
                     run.update(run_id=fake.new_id("run"), state="PENDING")
                     fake.runs[run["run_id"]] = run
                     return self._json(run)
-                if match := re.fullmatch(r"/runs/([^/:]+):terminate", path):
-                    fake.runs[match[1]]["terminated"] = True
-                    fake.run_states = ["CANCELING", "CANCELED"]
+                if match := re.fullmatch(r"/runs/([^/:]+):terminate", path):  # run.swagger.json: {} on success
+                    fake.runs[match[1]]["_fake_terminated"] = True
+                    fake.run_states = ["CANCELING", "CANCELED"]  # RuntimeState while and after terminating
                     return self._json({})
-                if path == "/recurringruns":
+                if path == "/recurringruns":  # a v2beta1RecurringRun; the answer adds recurring_run_id
                     recurring = json.loads(body)
                     recurring["recurring_run_id"] = fake.new_id("recurring")
                     fake.recurring[recurring["recurring_run_id"]] = recurring
@@ -136,19 +167,26 @@ def _handler(fake: FakeKfp):
 
         def _get_run(self, run_id: str) -> None:
             with fake.lock:
+                failure = fake.poll_failures.pop(0) if fake.poll_failures else None
                 run = fake.runs.get(run_id)
+            if failure == "drop":  # the connection closes without an answer (RemoteDisconnected on the client)
+                self.close_connection = True
+                return
+            if failure is not None:  # what a proxy in front of a restarting server answers: plain text
+                return self._text(int(failure), "upstream connect error or disconnect/reset before headers")
+            with fake.lock:
                 if run is None:
                     return self._error(404, f"run {run_id} not found")
                 if fake.run_states:
                     run["state"] = fake.run_states.pop(0) if len(fake.run_states) > 1 else fake.run_states[0]
-                if run["state"] == "FAILED":
+                if run["state"] == "FAILED":  # run.proto: `google.rpc.Status error` (code, message, details)
                     run["error"] = {"code": 9, "message": "Task distill failed: node 0 exited with status 1"}
                 return self._json(run)
 
         def _version(self, pipeline_id: str, name: str | None, body: bytes) -> dict[str, Any]:
             spec = _multipart_file(body)
             version = {"pipeline_version_id": fake.new_id("version"), "pipeline_id": pipeline_id,
-                       "display_name": name, "pipeline_spec_bytes": len(spec)}  # fmt: skip
+                       "display_name": name, "_fake_spec_bytes": len(spec)}  # fmt: skip
             fake.versions[version["pipeline_version_id"]] = version
             return version
 
@@ -167,8 +205,18 @@ def _handler(fake: FakeKfp):
             self.end_headers()
             self.wfile.write(data)
 
-        def _error(self, code: int, message: str) -> None:
-            self._json({"code": code, "message": message}, code)
+        def _error(self, status: int, message: str) -> None:
+            # The API server's error body: a google.rpc.Status as JSON (googlerpcStatus in the swagger files),
+            # whose code is the gRPC code behind the HTTP status.
+            self._json({"code": _GRPC_CODES[status], "message": message}, status)
+
+        def _text(self, status: int, text: str) -> None:
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
     return Handler
 
