@@ -103,7 +103,8 @@ class PipelineContext:
         if target is None and required:
             raise ConfigError([
                 "mlflow_tracking_uri: empty, and MLFLOW_TRACKING_URI is not set; registering a model needs an "
-                "MLflow server (e.g. http://mlflow.kubeflow.svc.cluster.local:5000)"
+                "MLflow server (e.g. http://kubedistill-mlflow.kubeflow.svc.cluster.local:5000, the Service manifests/ "
+                "creates, in the namespace they were applied to)"
             ])  # fmt: skip
         return target
 
