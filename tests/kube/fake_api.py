@@ -1,17 +1,21 @@
 """An HTTP server that speaks the Kubernetes API verbs the launcher uses, for the launcher's tests.
 
 No API server can run on these machines (no kind, k3s or docker daemon), so this stands in for one: create,
-get, watch (chunked, newline-delimited events, with resourceVersion, timeoutSeconds and 410 Gone) and delete on
-the job kinds; list pods and events; read and follow pod logs. Tests play the operator: they change a job's
-status, add pods, events and log lines, drop watch streams, and read back which requests were made.
+get, watch (chunked, newline-delimited events, with resourceVersion, timeoutSeconds, 410 Gone and ERROR events)
+and delete on the job kinds; get and list pods, list events; read and follow pod logs (with the kubelet's
+timestamps and sinceSeconds). Tests play the operators with the helpers below, which write what the upstream
+controllers write (each names the upstream file), drop watch and log streams, fail requests, and read back which
+requests were made.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -20,15 +24,131 @@ _JOB_PATH = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(
 _POD_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<what>pods|events)(?:/(?P<name>[^/]+)(?P<log>/log)?)?$")
 
 
+# ---------------------------------------------------------------------- what the operators write
+
+
+def pytorchjob_condition(kind: str, name: str, status: str = "True") -> dict[str, Any]:
+    """A PyTorchJob condition as Training Operator v1.9.0 writes it: types from
+    pkg/apis/kubeflow.org/v1/common_types.go (Created, Running, Restarting, Succeeded, Failed, Suspended), reasons
+    "PyTorchJob" + the type (pkg/util/status.go NewReason, JobCreatedReason...), messages as in
+    pkg/controller.v1/pytorch/pytorchjob_controller.go; lastUpdateTime/lastTransitionTime from newCondition."""
+    messages = {"Created": f"PyTorchJob {name} is created.", "Running": f"PyTorchJob {name} is running.",
+                "Succeeded": f"PyTorchJob {name} is successfully completed.",
+                "Failed": f"PyTorchJob {name} is failed because 1 Master replica(s) failed.",
+                "Restarting": f"PyTorchJob {name} is restarting because 1 Master replica(s) failed.",
+                "Suspended": f"PyTorchJob {name} is suspended."}  # fmt: skip
+    now = _now()
+    return {"type": kind, "status": status, "reason": f"PyTorchJob{kind}", "message": messages[kind],
+            "lastUpdateTime": now, "lastTransitionTime": now}  # fmt: skip
+
+
+def trainjob_condition(kind: str) -> dict[str, Any]:
+    """A TrainJob condition as Trainer v2.3.0 writes it (a metav1.Condition): Suspended from
+    pkg/controller/trainjob_controller.go setSuspendedCondition with pkg/constants/constants.go's message;
+    Complete and Failed are the JobSet's conditions renamed (pkg/runtime/framework/plugins/jobset/jobset.go,
+    Status), with JobSet v0.12.0's reasons and messages (pkg/constants/constants.go AllJobsCompleted,
+    FailedJobs); DeadlineExceeded from trainjob_types.go / constants.go."""
+    reason, message = {
+        "Suspended": ("Suspended", "TrainJob is suspended"),
+        "Complete": ("AllJobsCompleted", "jobset completed successfully"),
+        "Failed": ("FailedJobs", "jobset failed due to one or more job failures"),
+        "DeadlineExceeded": ("DeadlineExceeded", "TrainJob exceeded its active deadline"),
+    }[kind]  # fmt: skip
+    return {"type": "Failed" if kind == "DeadlineExceeded" else kind, "status": "True", "reason": reason,
+            "message": message, "lastTransitionTime": _now(), "observedGeneration": 1}  # fmt: skip
+
+
+def jobs_status(replicated_job: str, *, active: int = 0, ready: int = 0, succeeded: int = 0, failed: int = 0,
+                suspended: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """``status.jobsStatus`` of a TrainJob: Trainer v2.3.0 copies JobSet's ReplicatedJobsStatus field by field
+    (pkg/runtime/framework/plugins/jobset/jobset.go Status; JobStatus in pkg/apis/trainer/v1alpha1/
+    trainjob_types.go: name, ready, succeeded, failed, active, suspended, each a count of child Jobs)."""
+    return [{"name": replicated_job, "ready": ready, "succeeded": succeeded, "failed": failed, "active": active,
+             "suspended": suspended}]  # fmt: skip
+
+
+def jobset_pod(trainjob: str, node: int, *, replicated_job: str = "node", uid: str = "js-uid") -> dict[str, Any]:
+    """Node ``node`` of a TrainJob: one child Job ``<jobset>-<replicatedjob>-0`` (JobSet v0.12.0
+    pkg/util/placement/placement.go GenJobName) of ``numNodes`` completions, its pods named
+    ``<job>-<index>-<random>`` (kubernetes pkg/controller/job/indexed_job_utils.go podGenerateNameWithIndex).
+    Labels and annotations from JobSet v0.12.0 pkg/controllers/jobset_controller.go labelAndAnnotateObject
+    (keys in api/jobset/v1alpha2/jobset_types.go; restart-attempt in pkg/constants/constants.go) and the Job
+    controller (kubernetes indexed_job_utils.go addCompletionIndexAnnotation / addCompletionIndexLabel;
+    batch.kubernetes.io/job-name and controller-uid from pkg/controller/job/job_controller.go)."""
+    job = f"{trainjob}-{replicated_job}-0"
+    index = str(node)
+    labels = {
+        "jobset.sigs.k8s.io/jobset-name": trainjob, "jobset.sigs.k8s.io/jobset-uid": uid,
+        "jobset.sigs.k8s.io/replicatedjob-name": replicated_job, "jobset.sigs.k8s.io/replicatedjob-replicas": "1",
+        "jobset.sigs.k8s.io/global-replicas": "1", "jobset.sigs.k8s.io/job-index": "0",
+        "jobset.sigs.k8s.io/job-global-index": "0", "jobset.sigs.k8s.io/restart-attempt": "0",
+        "jobset.sigs.k8s.io/group-name": "default", "jobset.sigs.k8s.io/job-key": "0f3c2b",
+        "batch.kubernetes.io/job-name": job, "batch.kubernetes.io/controller-uid": "job-uid",
+        "batch.kubernetes.io/job-completion-index": index,
+    }  # fmt: skip
+    annotations = {"jobset.sigs.k8s.io/jobset-name": trainjob, "jobset.sigs.k8s.io/replicatedjob-name": replicated_job,
+                   "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": index}  # fmt: skip
+    return {"metadata": {"name": f"{job}-{index}-x7k2p", "namespace": "ml", "labels": labels, "annotations": annotations,
+                         "uid": f"pod-{job}-{index}"}, "status": {"phase": "Pending"}}  # fmt: skip
+
+
+def pytorchjob_pod(pytorchjob: str, replica_type: str, index: int) -> dict[str, Any]:
+    """A PyTorchJob pod as Training Operator v1.9.0 creates it: named <job>-<type>-<index> and labelled
+    (pkg/controller.v1/common/pod.go; GenLabels in job_controller.go; label keys in
+    pkg/apis/kubeflow.org/v1/common_types.go; the type lower-cased, "pytorchjob-controller" from
+    pkg/controller.v1/pytorch/pytorchjob_controller.go)."""
+    labels = {"training.kubeflow.org/operator-name": "pytorchjob-controller",
+              "training.kubeflow.org/job-name": pytorchjob, "training.kubeflow.org/replica-type": replica_type,
+              "training.kubeflow.org/replica-index": str(index)}  # fmt: skip
+    if replica_type == "master":
+        labels["training.kubeflow.org/job-role"] = "master"
+    return {"metadata": {"name": f"{pytorchjob}-{replica_type}-{index}", "namespace": "ml", "labels": labels,
+                         "uid": f"pod-{pytorchjob}-{replica_type}-{index}"}, "status": {"phase": "Pending"}}  # fmt: skip
+
+
+def waiting(container: str, reason: str, message: str) -> dict[str, Any]:
+    """A containerStatus waiting with the kubelet's reason (kubernetes pkg/kubelet/images/types.go,
+    pkg/kubelet/kuberuntime/kuberuntime_container.go, pkg/kubelet/container/sync_result.go)."""
+    return {"name": container, "ready": False, "restartCount": 0, "image": "r.example/trainer:1",
+            "state": {"waiting": {"reason": reason, "message": message}}}  # fmt: skip
+
+
+def running(container: str) -> dict[str, Any]:
+    return {"name": container, "ready": True, "restartCount": 0, "state": {"running": {"startedAt": _now()}}}
+
+
+def terminated(container: str, exit_code: int) -> dict[str, Any]:
+    reason = "Completed" if exit_code == 0 else "Error"  # kubelet's terminated reasons for exit codes
+    return {"name": container, "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}  # fmt: skip
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _log_stamp(seconds: float) -> str:
+    """The kubelet's log timestamp: RFC 3339 with nanoseconds, trailing zeros trimmed (Go's RFC3339Nano)."""
+    whole = datetime.fromtimestamp(int(seconds), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{round((seconds % 1) * 1e9):09d}".rstrip("0")
+    return f"{whole}.{fraction}Z" if fraction else f"{whole}Z"
+
+
+# ---------------------------------------------------------------------- the server
+
+
 class FakeKubernetes:
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.jobs: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, namespace, name) -> job
         self.history: list[tuple[int, str, tuple[str, str, str], dict[str, Any]]] = []  # (rv, type, key, job)
-        self.pods: list[dict[str, Any]] = []
+        self.pods: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
-        self.logs: dict[str, list[str]] = {}  # pod -> lines so far
+        self.logs: dict[str, list[tuple[float, str]]] = {}  # pod -> (time, line) so far
         self.log_done: set[str] = set()  # pods whose log has ended
+        self.log_breaks: dict[str, int] = {}  # pod -> cut its next follow stream after this many lines
+        self.failures: list[dict[str, Any]] = []  # requests to answer with an error (see fail)
+        self.watch_errors: list[dict[str, Any]] = []  # ERROR events the next watches send
         self.requests: list[tuple[str, str]] = []
         self.rv = 100
         self.oldest_rv = 0  # watches from an older resourceVersion get 410 Gone
@@ -59,40 +179,72 @@ class FakeKubernetes:
             self.history.append((self.rv, event, key, _public(job)))
             self.lock.notify_all()
 
-    def set_conditions(self, name: str, *conditions: tuple[str, str, str], message: str = "") -> None:
-        """``conditions``: (type, status, reason); the job's other fields stay."""
-        job = self.job(name)
-        job["status"] = {"conditions": [{"type": t, "status": s, "reason": r, "message": message or r}
-                                        for t, s, r in conditions]}  # fmt: skip
+    def set_status(self, name: str, status: dict[str, Any]) -> None:
+        job = self.job(name, private=True)
+        job["status"] = status
         self.put_job(job)
 
-    def job(self, name: str) -> dict[str, Any]:
+    def job(self, name: str, private: bool = False) -> dict[str, Any]:
         with self.lock:
             (job,) = [j for (_, _, n), j in self.jobs.items() if n == name]
-            return json.loads(json.dumps(job))
+            return json.loads(json.dumps(job if private else _public(job)))
 
-    def add_pod(self, name: str, labels: dict[str, str], phase: str = "Running", exit_code: int | None = None) -> None:
-        status: dict[str, Any] = {"phase": phase}
-        if exit_code is not None:
-            status["containerStatuses"] = [{"name": "c", "state": {"terminated": {"exitCode": exit_code}}}]
+    def has_job(self, name: str) -> bool:
         with self.lock:
-            self.pods = [p for p in self.pods if p["metadata"]["name"] != name]
-            self.pods.append({"metadata": {"name": name, "namespace": "ml", "labels": labels}, "status": status})
+            return any(n == name for _, _, n in self.jobs)
 
-    def add_event(self, pod: str, reason: str, message: str) -> None:
+    def put_pod(self, pod: dict[str, Any], phase: str | None = None, containers: list[dict[str, Any]] | None = None,
+                init_containers: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+        """Add or replace a pod (as the factories above build it); returns its name."""
+        pod = json.loads(json.dumps(pod))
+        status = pod.setdefault("status", {})
+        if phase is not None:
+            status["phase"] = phase
+        if containers is not None:
+            status["containerStatuses"] = containers
+        if init_containers is not None:
+            status["initContainerStatuses"] = init_containers
         with self.lock:
-            self.events.append({"metadata": {"name": f"{pod}.{len(self.events)}"}, "reason": reason, "message": message,
-                                "involvedObject": {"kind": "Pod", "name": pod}})  # fmt: skip
+            self.pods[pod["metadata"]["name"]] = pod
+        return pod["metadata"]["name"]
+
+    def add_event(self, kind: str, name: str, reason: str, message: str, type_: str = "Warning") -> None:
+        """An Event about ``kind``/``name`` (core/v1 Event: type, reason, message, involvedObject)."""
+        with self.lock:
+            self.events.append({"metadata": {"name": f"{name}.{len(self.events)}", "namespace": "ml"}, "type": type_,
+                                "reason": reason, "message": message, "involvedObject": {"kind": kind, "name": name}})  # fmt: skip
 
     def log(self, pod: str, *lines: str, done: bool = False) -> None:
         with self.lock:
-            self.logs.setdefault(pod, []).extend(lines)
+            entries = self.logs.setdefault(pod, [])
+            for line in lines:
+                entries.append((time.time(), line))
             if done:
                 self.log_done.add(pod)
             self.lock.notify_all()
 
+    def break_log(self, pod: str, after_lines: int) -> None:
+        """Cut the next follow stream of ``pod`` (the connection dropped, no end chunk) after ``after_lines``."""
+        with self.lock:
+            self.log_breaks[pod] = after_lines
+
+    def fail(self, method: str, path_part: str, status: int, times: int | None = 1) -> None:
+        """Answer the next ``times`` (None: every) ``method`` requests whose path contains ``path_part`` with
+        ``status`` (a Status body, as the API server sends)."""
+        with self.lock:
+            self.failures.append({"method": method, "part": path_part, "status": status, "times": times})
+
     def count(self, method: str, pattern: str = "") -> int:
         return sum(1 for m, path in list(self.requests) if m == method and pattern in path)
+
+    def _failure(self, method: str, path: str) -> int | None:
+        with self.lock:
+            for failure in self.failures:
+                if failure["method"] == method and failure["part"] in path and failure["times"] != 0:
+                    if failure["times"] is not None:
+                        failure["times"] -= 1
+                    return failure["status"]
+        return None
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -114,7 +266,8 @@ def _handler(fake: FakeKubernetes):
             pass
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            self._record()
+            if self._record():
+                return
             match = _JOB_PATH.match(urlparse(self.path).path)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             key = (match["plural"], match["ns"], body["metadata"]["name"])
@@ -130,7 +283,8 @@ def _handler(fake: FakeKubernetes):
                 threading.Thread(target=fake.on_create, args=(_public(body),), daemon=True).start()
 
         def do_DELETE(self) -> None:  # noqa: N802 (http.server's name)
-            self._record()
+            if self._record():
+                return
             match = _JOB_PATH.match(urlparse(self.path).path)
             key = (match["plural"], match["ns"], match["name"])
             with fake.lock:
@@ -145,7 +299,8 @@ def _handler(fake: FakeKubernetes):
             self._json(200, {"kind": "Status", "status": "Success"})
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            self._record()
+            if self._record():
+                return
             url = urlparse(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             job_path, pod_path = _JOB_PATH.match(url.path), _POD_PATH.match(url.path)
@@ -158,12 +313,18 @@ def _handler(fake: FakeKubernetes):
                 return self._watch(job_path, query)
             if pod_path and pod_path["log"]:
                 return self._log(pod_path["name"], query)
+            if pod_path and pod_path["what"] == "pods" and pod_path["name"]:
+                with fake.lock:
+                    pod = fake.pods.get(pod_path["name"])
+                return self._json(200, pod) if pod else self._status(404, "NotFound", f'pods "{pod_path["name"]}" not found')
             if pod_path and pod_path["what"] == "pods":
-                return self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
-                                        "items": _select(fake.pods, query.get("labelSelector", ""))})  # fmt: skip
+                with fake.lock:
+                    pods = _select(list(fake.pods.values()), query.get("labelSelector", ""))
+                return self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods})
             if pod_path and pod_path["what"] == "events":
-                reason = query.get("fieldSelector", "").removeprefix("reason=")
-                items = [e for e in fake.events if not reason or e["reason"] == reason]
+                wanted = dict(part.split("=", 1) for part in query.get("fieldSelector", "").split(",") if part)
+                with fake.lock:
+                    items = [e for e in fake.events if all(e.get(k) == v for k, v in wanted.items())]
                 return self._json(200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items})
             self._status(404, "NotFound", self.path)
 
@@ -177,6 +338,9 @@ def _handler(fake: FakeKubernetes):
             self._start_chunks()
             sent = 0
             with fake.lock:
+                if fake.watch_errors:  # a watch ERROR event carries a Status (apimachinery watch.Error)
+                    self._chunk(json.dumps({"type": "ERROR", "object": fake.watch_errors.pop(0)}) + "\n")
+                    return self._end_chunks()
                 while time.monotonic() < deadline:
                     new = [h for h in fake.history if h[2] == key and h[0] > since]
                     for rv, event, _, job in new:
@@ -188,9 +352,12 @@ def _handler(fake: FakeKubernetes):
             self._end_chunks()
 
         def _log(self, pod: str, query) -> None:
+            stamps = query.get("timestamps", "").lower() == "true"
+            since = time.time() - int(query["sinceSeconds"]) if "sinceSeconds" in query else 0.0
+            render = lambda t, line: f"{_log_stamp(t)} {line}\n" if stamps else line + "\n"  # noqa: E731
             if query.get("follow", "").lower() != "true":
-                lines = fake.logs.get(pod, [])[-int(query.get("tailLines", "100000")):]
-                body = "".join(line + "\n" for line in lines).encode()
+                entries = [e for e in fake.logs.get(pod, []) if e[0] >= since][-int(query.get("tailLines", "100000")):]
+                body = "".join(render(t, line) for t, line in entries).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
@@ -200,11 +367,16 @@ def _handler(fake: FakeKubernetes):
             self._start_chunks("text/plain")
             sent = 0
             with fake.lock:
+                cut_after = fake.log_breaks.pop(pod, None)
                 while True:
-                    lines = fake.logs.get(pod, [])
-                    for line in lines[sent:]:
-                        self._chunk(line + "\n")
-                    sent = len(lines)
+                    entries = fake.logs.get(pod, [])
+                    for t, line in entries[sent:]:
+                        if cut_after is not None and cut_after <= 0:
+                            return self._cut()
+                        if t >= since:
+                            self._chunk(render(t, line))
+                            cut_after = None if cut_after is None else cut_after - 1
+                    sent = len(entries)
                     if pod in fake.log_done:
                         break
                     fake.lock.wait(timeout=0.1)
@@ -212,8 +384,16 @@ def _handler(fake: FakeKubernetes):
 
         # -------------------------------------------------------------- HTTP plumbing
 
-        def _record(self) -> None:
+        def _record(self) -> bool:
+            """Note the request; True when it was answered with an injected failure."""
             fake.requests.append((self.command, self.path))
+            status = fake._failure(self.command, self.path)
+            if status is None:
+                return False
+            if self.command == "POST":
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._status(status, "InternalError" if status >= 500 else "Forbidden", f"injected {status}")
+            return True
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -241,6 +421,12 @@ def _handler(fake: FakeKubernetes):
         def _end_chunks(self) -> None:
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+
+        def _cut(self) -> None:
+            """Drop the connection mid-stream: no end chunk (the client sees an incomplete read)."""
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
 
     return Handler
 

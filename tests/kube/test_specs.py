@@ -19,6 +19,8 @@ from kubedistill.kube.settings import JobSettings
 from kubedistill.kube.spec import split_arguments
 from kubedistill.launch import LaunchRequest
 
+from .fake_api import jobs_status, jobset_pod, pytorchjob_condition, pytorchjob_pod, trainjob_condition
+
 SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "k8s-schemas"
 CRDS = {"pytorchjob": "kubeflow.org_pytorchjobs.yaml", "trainjob": "trainer.kubeflow.org_trainjobs.yaml"}
 TOKEN = "s3cr3t-t0ken-value"
@@ -158,17 +160,123 @@ def test_credentials_never_go_in_as_values_and_half_set_kfp_env_is_refused():
     assert "env: MLFLOW_TRACKING_PASSWORD is a credential" in JobSettings(env={"MLFLOW_TRACKING_PASSWORD": "x"}).problems()[0]
 
 
-def test_job_state_from_conditions():
-    torch, train = get_backend("pytorchjob"), get_backend("trainjob")
-    status = lambda *conds: {"status": {"conditions": [{"type": t, "status": s, "reason": r} for t, s, r in conds]}}  # noqa: E731
-    assert torch.state({}) == ("pending", "created")
-    assert torch.state(status(("Created", "True", "PyTorchJobCreated")))[0] == "pending"
-    assert torch.state(status(("Created", "True", "c"), ("Running", "True", "r")))[0] == "running"
-    assert torch.state(status(("Running", "False", "r"), ("Succeeded", "True", "done"))) == ("succeeded", "done")
-    assert torch.state(status(("Running", "True", "r"), ("Failed", "True", "PyTorchJobFailed"))) == (
-        "failed", "PyTorchJobFailed: PyTorchJobFailed")
-    assert train.state(status(("Complete", "True", "JobsCompleted")))[0] == "succeeded"
-    assert train.state(status(("Failed", "True", "JobsFailed")))[0] == "failed"
+def test_pytorchjob_state_follows_training_operator_conditions():
+    torch = get_backend("pytorchjob")
+    status = lambda *conds: {"status": {"conditions": list(conds)}}  # noqa: E731
+    created, running = pytorchjob_condition("Created", "j"), pytorchjob_condition("Running", "j")
+    assert torch.state({})[0] == "pending"
+    assert torch.state(status(created)) == ("pending", "PyTorchJobCreated: PyTorchJob j is created.")
+    assert torch.state(status(created, running)) == ("running", "PyTorchJobRunning: PyTorchJob j is running.")
+    assert torch.state(status(created, pytorchjob_condition("Restarting", "j")))[0] == "running"
+    assert torch.state(status(created, pytorchjob_condition("Running", "j", "False"),
+                              pytorchjob_condition("Succeeded", "j")))[0] == "succeeded"  # fmt: skip
+    assert torch.state(status(created, pytorchjob_condition("Running", "j", "False"), pytorchjob_condition("Failed", "j"))) == (
+        "failed", "PyTorchJobFailed: PyTorchJob j is failed because 1 Master replica(s) failed.")  # fmt: skip
+    assert "queued until a queue admits it" in torch.state(status(created, pytorchjob_condition("Suspended", "j")))[1]
+
+
+def test_trainjob_state_follows_trainer_v2_3_status():
+    """No Running condition: jobsStatus ready (or node 0's pod Running) is running; active alone is pending
+    (an unschedulable pod keeps its Job active); Suspended is queued; Complete/Failed carry JobSet's reasons."""
+    train = get_backend("trainjob")
+    assert train.state({"status": {"jobsStatus": jobs_status("node", active=1)}})[0] == "pending"
+    assert train.state({"status": {"jobsStatus": jobs_status("node", active=1)}}, node0_phase="Running") == (
+        "running", "node 0's pod is Running")
+    assert train.state({"status": {"jobsStatus": jobs_status("node", active=1, ready=1)}}) == ("running", "node: 1 ready")
+    assert train.state({"status": {"conditions": [trainjob_condition("Complete")]}}) == (
+        "succeeded", "AllJobsCompleted: jobset completed successfully")
+    assert train.state({"status": {"conditions": [trainjob_condition("Failed")]}}) == (
+        "failed", "FailedJobs: jobset failed due to one or more job failures")
+    assert train.state({"status": {"conditions": [trainjob_condition("DeadlineExceeded")]}})[1].startswith("DeadlineExceeded")
+    suspended = {"metadata": {"namespace": "ml"}, "status": {"conditions": [trainjob_condition("Suspended")]}}
+    state, reason = train.state(suspended, node0_phase="Running")
+    assert state == "pending" and "Kueue: `kubectl get workloads -n ml`" in reason
+    assert train.state({"status": {"conditions": [{**trainjob_condition("Suspended"), "status": "False", "reason": "Resumed"}],
+                                   "jobsStatus": jobs_status("node", ready=1)}})[0] == "running"  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_node_0_is_found_among_the_operators_pods(backend):
+    kind = get_backend(backend)
+    if backend == "pytorchjob":
+        pods = [pytorchjob_pod("j", "worker", 0), pytorchjob_pod("j", "master", 0)]
+    else:
+        pods = [jobset_pod("j", 1), jobset_pod("j", 0)]
+        no_label = jobset_pod("j", 1)  # Kubernetes < 1.28: the completion index is only an annotation
+        del no_label["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"]
+        assert not kind.is_rank0(no_label, "j")
+    assert [kind.is_rank0(p, "j") for p in pods] == [False, True]
+    assert not kind.is_rank0(pods[1], "other")
+
+
+def test_a_gpu_job_trains_with_accelerator_gpu_and_a_cpu_job_does_not():
+    job = pytorchjob.build(_request(1), SETTINGS, {})
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert "accelerator=gpu" in command
+    cpu = trainjob.build(_request(1), JobSettings(namespace="ml", accelerator="cpu"), {})
+    assert not any(arg.startswith("accelerator=") for arg in cpu["spec"]["trainer"]["command"])
+    # `accelerator` is a launch setting; from the pipeline's train_args it reaches the train arguments instead
+    from kubedistill.kube.launcher import KubeLauncher
+
+    request = LaunchRequest(name="kd-x", train_args={**TRAIN, "accelerator": "cpu"}, nodes=1, procs_per_node=1)
+    with pytest.raises(ConfigError, match="the job asks for GPUs .* but the train arguments say accelerator=cpu"):
+        KubeLauncher(get_backend("trainjob"), SETTINGS, environ={}).run(request)  # refused before any API call
+
+
+def test_training_told_to_use_a_gpu_refuses_to_start_without_one():
+    """What accelerator=gpu does in a pod whose GPU is not visible: a clear refusal, not a run on the CPU."""
+    import torch
+
+    from kubedistill.training.precision import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        resolve_device("gpu")
+
+
+def test_pods_run_as_the_trainer_service_account_unless_told_otherwise():
+    for backend in sorted(BACKENDS):
+        pod = _pod_template(backend, get_backend(backend).build(_request(1), JobSettings(namespace="ml"), {}))
+        assert pod["spec"]["serviceAccountName"] == "kubedistill-trainer"  # manifests/base/rbac/serviceaccount.yaml
+    from kubedistill.config import parse_key_values
+
+    config, _ = split_arguments({**TRAIN, **parse_key_values(["service_account=null"])})
+    assert config.settings.service_account is None  # the namespace's default / the runtime's
+    pod = _pod_template("pytorchjob", pytorchjob.build(_request(1), config.settings, {}))
+    assert "serviceAccountName" not in pod["spec"]
+
+
+def test_the_manifests_define_the_default_trainer_service_account():
+    root = Path(__file__).resolve().parents[2] / "manifests" / "base"
+    account = yaml.safe_load((root / "rbac" / "serviceaccount.yaml").read_text())
+    assert account["metadata"]["name"] == JobSettings().service_account
+    runtime = yaml.safe_load((root / "runtime" / "trainingruntime.yaml").read_text())
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == JobSettings().service_account
+
+
+def test_no_owner_reference_across_namespaces_in_the_spec():
+    environ = {**KFP_ENV, "POD_NAMESPACE": "kubeflow"}  # the launching pod's namespace; the job goes to ml
+    assert "ownerReferences" not in pytorchjob.build(_request(1), SETTINGS, environ)["metadata"]
+    assert pytorchjob.build(_request(1), SETTINGS, {**environ, "POD_NAMESPACE": "ml"})["metadata"]["ownerReferences"]
+
+
+def test_mlflow_auth_provider_and_workspace_are_forwarded():
+    environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_AUTH": "my_auth_plugin",
+               "MLFLOW_WORKSPACE": "vision"}  # fmt: skip
+    env = {e["name"]: e.get("value") for e in _env("trainjob", trainjob.build(_request(1), SETTINGS, environ))}
+    assert env["MLFLOW_TRACKING_AUTH"] == "my_auth_plugin" and env["MLFLOW_WORKSPACE"] == "vision"
+    assert "MLFLOW_WORKSPACE" not in {e["name"] for e in _env("trainjob", trainjob.build(_request(1), SETTINGS, {}))}
+
+
+def test_timeouts_are_launch_settings_and_checked():
+    config, _ = split_arguments({**TRAIN, "pending_timeout": 7200, "timeout": 86400})
+    assert (config.settings.pending_timeout, config.settings.timeout) == (7200, 86400)
+    with pytest.raises(ConfigError) as error:
+        split_arguments({**TRAIN, "pending_timeout": 0, "timeout": -1})
+    problems = "\n".join(error.value.problems)
+    assert "pending_timeout: must be > 0 seconds, got 0" in problems and "timeout: must be > 0 seconds" in problems
 
 
 def test_launch_arguments_are_split_and_checked_together():

@@ -2,7 +2,7 @@
 
 One place for: the training command, labels and annotations, GPUs and their node selector and tolerations,
 the in-memory /dev/shm, the MLflow environment (credentials only as secretKeyRef), the service account, and
-the owner reference that ties the job to the KFP pod that launched it (deleted with the run).
+the owner reference that ties the job to the KFP run that launched it (deleted with the run; kube.owner).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from kubernetes import client as k8s
 
 from kubedistill.config import to_key_values
 from kubedistill.errors import ConfigError
-from kubedistill.kube.settings import MLFLOW_CREDENTIAL_KEYS, JobSettings
+from kubedistill.kube.settings import MLFLOW_CREDENTIAL_KEYS, JobSettings, own_namespace
 from kubedistill.launch import LaunchRequest
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -25,15 +25,33 @@ KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 SHM_VOLUME = "dshm"
 # Forwarded to the pods by value: where to log (never a credential; those are in MLFLOW_CREDENTIAL_KEYS).
+# MLFLOW_TRACKING_AUTH names an auth provider plugin and MLFLOW_WORKSPACE a workspace: settings, not secrets.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
-                 "KFP_MLFLOW_CONFIG", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")  # fmt: skip
+                 "KFP_MLFLOW_CONFIG", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 "MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE")  # fmt: skip
 KFP_POD_NAME, KFP_POD_UID = "KFP_POD_NAME", "KFP_POD_UID"
 
 
-def train_command(request: LaunchRequest) -> list[str]:
+def train_command(request: LaunchRequest, settings: JobSettings) -> list[str]:
     """A bare torchrun: the operator's PET_* variables give it the nodes, the rank, the master and the
-    processes per node. Always resumable: a pod restarted by the job, or a retried task, continues the run."""
-    return ["torchrun", "-m", "kubedistill", "train", *to_key_values({**request.train_args, "resume_interrupted": True})]
+    processes per node. Always resumable: a pod restarted by the job, or a retried task, continues the run.
+    A job that asks for GPUs trains with ``accelerator=gpu``: on a node whose GPU is not visible (no driver
+    libraries, no device) training refuses to start instead of running on the CPU."""
+    args = {**request.train_args, "resume_interrupted": True}
+    if settings.accelerator == "gpu":
+        args["accelerator"] = "gpu"
+    return ["torchrun", "-m", "kubedistill", "train", *to_key_values(args)]
+
+
+def accelerator_problems(request: LaunchRequest, settings: JobSettings) -> list[str]:
+    """A train ``accelerator`` that contradicts the job's: GPUs asked for but training told to use the CPU."""
+    asked = str(request.train_args.get("accelerator", "auto"))
+    if settings.accelerator == "gpu" and asked == "cpu":
+        return ["accelerator: the job asks for GPUs (accelerator=gpu launch setting) but the train arguments say "
+                "accelerator=cpu; drop it, or launch with accelerator=cpu for a CPU job"]  # fmt: skip
+    if settings.accelerator == "cpu" and asked in ("gpu", "cuda"):
+        return [f"accelerator: train arguments ask for {asked} but the job asks for no GPU (accelerator=cpu)"]
+    return []
 
 
 def labels(request: LaunchRequest, settings: JobSettings, *, job: bool) -> dict[str, str]:
@@ -100,24 +118,38 @@ def shm_mount() -> k8s.V1VolumeMount:
     return k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")
 
 
-def owner_references(environ: Mapping[str, str]) -> list[k8s.V1OwnerReference] | None:
-    """The KFP pod that launches the job owns it: deleting the run (or its pod) deletes the job too."""
+def launching_pod(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(name, uid) of the KFP pod running this launcher (KFP sets both variables), None outside KFP."""
     name, uid = environ.get(KFP_POD_NAME), environ.get(KFP_POD_UID)
     if not name and not uid:
-        return None  # launched from a laptop or CI: nothing owns the job but its deadline
+        return None  # launched from a laptop or CI
     if not (name and uid):
         raise ConfigError([
             f"{KFP_POD_NAME} and {KFP_POD_UID} must be set together (KFP injects both); got only "
             f"{KFP_POD_NAME if name else KFP_POD_UID}. Unset it, or set both to the launching pod's name and uid"
         ])  # fmt: skip
-    return [k8s.V1OwnerReference(api_version="v1", kind="Pod", name=name, uid=uid, block_owner_deletion=False,
+    return name, uid
+
+
+def owner_references(environ: Mapping[str, str], namespace: str) -> list[k8s.V1OwnerReference] | None:
+    """What the spec says before the cluster is asked: the launching KFP pod owns the job when both are in one
+    namespace. The launcher replaces it with the pod's own controller, the run's Argo Workflow (kube.owner).
+    Never across namespaces: the garbage collector treats such an owner as absent and deletes the job."""
+    pod = launching_pod(environ)
+    if pod is None:
+        return None
+    here = own_namespace(environ)
+    if here is not None and here != namespace:
+        return None
+    return [k8s.V1OwnerReference(api_version="v1", kind="Pod", name=pod[0], uid=pod[1], block_owner_deletion=False,
                                  controller=False)]  # fmt: skip
 
 
 def metadata(request: LaunchRequest, settings: JobSettings, environ: Mapping[str, str]) -> k8s.V1ObjectMeta:
+    namespace = settings.resolved_namespace()
     return k8s.V1ObjectMeta(
-        name=request.name, namespace=settings.resolved_namespace(), labels=labels(request, settings, job=True),
-        annotations=annotations(), owner_references=owner_references(environ),
+        name=request.name, namespace=namespace, labels=labels(request, settings, job=True),
+        annotations=annotations(), owner_references=owner_references(environ, namespace),
     )  # fmt: skip
 
 
@@ -127,7 +159,7 @@ def pod_template(request: LaunchRequest, settings: JobSettings, container_name: 
     environ = os.environ if environ is None else environ
     container = k8s.V1Container(
         name=container_name, image=settings.image, image_pull_policy=settings.image_pull_policy,
-        command=train_command(request), env=environment(settings, environ) or None,
+        command=train_command(request, settings), env=environment(settings, environ) or None,
         resources=resources(request, settings), volume_mounts=[shm_mount()],
     )  # fmt: skip
     return k8s.V1PodTemplateSpec(

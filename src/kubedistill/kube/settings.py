@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +16,7 @@ from kubedistill.pipeline.images import TRAINER_IMAGE
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # MLflow's credential variables: forwarded to the pods only as references to a Secret, never as values.
 MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+TRAINER_SERVICE_ACCOUNT = "kubedistill-trainer"  # manifests/base/rbac/serviceaccount.yaml
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[mkMGTPE])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
@@ -32,7 +34,9 @@ class JobSettings:
     namespace: str | None = None  # None: this pod's namespace (in a cluster), else "default"
     image: str = TRAINER_IMAGE
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    service_account: str | None = None  # for Workload Identity (GCS access): no keys in any spec
+    # The manifests' trainer account (manifests/base/rbac; Workload Identity for gs:// on GKE, no keys in any
+    # spec). null: the namespace's `default` (PyTorchJob) or what the TrainingRuntime names (TrainJob).
+    service_account: str | None = TRAINER_SERVICE_ACCOUNT
     accelerator: Literal["gpu", "cpu"] = "gpu"
     gpu_type: str = ""
     gpu_resource: str = "nvidia.com/gpu"
@@ -48,6 +52,9 @@ class JobSettings:
     runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = "TrainingRuntime"
     mlflow_secret: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # more variables (values: nothing secret here)
+    # Seconds. Pending (queued, unschedulable, pulling) this long: delete and fail (GPU capacity can take hours).
+    pending_timeout: float = 30 * 60
+    timeout: float | None = None  # from creation to the end; None: only active_deadline_seconds
 
     def problems(self) -> list[str]:
         found = []
@@ -64,6 +71,10 @@ class JobSettings:
             found.append(f"gpu_type: {self.gpu_type!r} is not a node label value (e.g. nvidia-l4)")
         if self.kueue_queue is not None and not _LABEL_VALUE.match(self.kueue_queue):
             found.append(f"kueue_queue: {self.kueue_queue!r} is not a label value")
+        if self.pending_timeout <= 0:
+            found.append(f"pending_timeout: must be > 0 seconds, got {self.pending_timeout}")
+        if self.timeout is not None and self.timeout <= 0:
+            found.append(f"timeout: must be > 0 seconds (or null for none), got {self.timeout}")
         for key in self.env:
             if key in MLFLOW_CREDENTIAL_KEYS:
                 found.append(f"env: {key} is a credential; put it in a Secret and pass mlflow_secret=<its name>")
@@ -71,10 +82,16 @@ class JobSettings:
 
     def resolved_namespace(self) -> str:
         """``namespace``, else the namespace of the pod this runs in, else "default"."""
-        if self.namespace:
-            return self.namespace
-        try:
-            with open(SERVICE_ACCOUNT_NAMESPACE) as f:
-                return f.read().strip() or "default"
-        except OSError:
-            return os.environ.get("POD_NAMESPACE") or "default"
+        return self.namespace or own_namespace() or "default"
+
+
+def own_namespace(environ: Mapping[str, str] | None = None) -> str | None:
+    """The namespace of the pod this process runs in (its service account's), else POD_NAMESPACE, else None."""
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            found = f.read().strip()
+            if found:
+                return found
+    except OSError:
+        pass
+    return (os.environ if environ is None else environ).get("POD_NAMESPACE") or None
