@@ -13,7 +13,7 @@ def validate_dataset(
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     kfp_ui_url: str,
-    scheduled_time: str,
+    kfp_run_resource_name: str,
     manifest: Output[Dataset],
     report: Output[Markdown],
     counts: Output[Metrics],
@@ -23,7 +23,8 @@ def validate_dataset(
     Args:
         dataset_uri: The images: a folder or gs://bucket/prefix (they stay there; only the manifest travels).
         max_bad_fraction: The share of bad images above which the data is rejected and the run fails.
-        scheduled_time: A recurring run's scheduled time (KFP fills it in), recorded on the MLflow run.
+        kfp_run_resource_name: The run's Argo Workflow (KFP fills it in): it tells a recurring run's run, whose
+            scheduled time and recurring run are recorded on the MLflow run.
         manifest: manifest.jsonl of the good images; its metadata carries its URI and the dataset fingerprint.
         report: The validation report (problems by kind, every offending file with its reason).
         counts: Images kept, bad, duplicates and the bad fraction.
@@ -33,7 +34,7 @@ def validate_dataset(
     from kubedistill.pipeline import PipelineContext, artifacts, steps
 
     context = PipelineContext.of(kfp_run_id, output_root, kfp_run_name, mlflow_tracking_uri, mlflow_experiment, kfp_ui_url,
-                                 scheduled_time)
+                                 kfp_run_resource_name)
     with tempfile.TemporaryDirectory() as workdir:
         result = steps.validate(context, dataset_uri=dataset_uri, max_bad_fraction=max_bad_fraction,
                                 workdir=workdir)

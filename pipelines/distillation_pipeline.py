@@ -110,7 +110,7 @@ def distillation_pipeline(
     with dsl.ExitHandler(finalize, name="distill-and-register"):
         validated = (
             sized(validate_dataset(dataset_uri=dataset_uri, max_bad_fraction=max_bad_fraction,
-                                   scheduled_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, **run), "validate")
+                                   kfp_run_resource_name=dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER, **run), "validate")
             .set_display_name("Validate the dataset")
             .set_caching_options(False)  # a nightly run with the same URI must see new files
             .set_retry(**RETRIES)

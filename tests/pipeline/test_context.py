@@ -60,11 +60,17 @@ def test_tracking_off_without_a_server(monkeypatch):
         context.tracking_target(required=True)
 
 
-def test_the_scheduled_time_of_a_recurring_run_and_none_for_a_manual_one():
-    scheduled = PipelineContext.of("r1", "/tmp/x", "n", "", "", "", "2026-12-01T02:00:00Z")
-    assert scheduled.scheduled_time == "2026-12-01T02:00:00Z"
-    manual = PipelineContext.of("r1", "/tmp/x", "n", "", "", "", "{{$.pipeline_job_schedule_time_utc}}")
-    assert manual.scheduled_time == ""  # left unresolved (kfp.local) means: not a scheduled run
+def test_a_recurring_run_is_looked_up_only_on_a_kfp_backend_with_a_workflow_name(monkeypatch):
+    from kubedistill.pipeline import recurring
+
+    asked = []
+    monkeypatch.setattr(recurring, "find_recurring_run", lambda name: asked.append(name) or "found")
+    context = PipelineContext.of("r1", "gs://b/x", "n", "", "", "", "kubedistill-nightly-8x2kq")
+    assert context.workflow_name == "kubedistill-nightly-8x2kq"
+    assert context.recurring_run({}) is None and asked == []  # kfp.local or a plain process: never asks
+    assert context.recurring_run({"KFP_POD_NAME": "p"}) == "found" and asked == ["kubedistill-nightly-8x2kq"]
+    unresolved = PipelineContext.of("r1", "gs://b/x", "n", "", "", "", "{{$.pipeline_job_resource_name}}")
+    assert unresolved.workflow_name == "" and unresolved.recurring_run({"KFP_POD_NAME": "p"}) is None
 
 
 def test_a_kfp_backend_is_known_by_the_pod_name_it_injects():

@@ -249,3 +249,22 @@ def test_distill_with_a_gcs_output_root_trains_into_the_bucket(tmp_path, gcs_buc
     assert storage.exists(f"{out}/exported/student.pt") and storage.exists(f"{out}/checkpoints/step-00000002.pt")
     assert result.model_file.read_bytes() == storage.read_bytes(f"{out}/exported/student.pt")
     assert {p.name for p in result.training_folder.iterdir()} >= {"config.yaml", "metrics.jsonl", "student.json"}
+
+
+def test_the_parent_run_of_a_recurring_runs_run_carries_its_schedule(tmp_path, mlflow_server, monkeypatch):
+    from kubedistill.pipeline import recurring
+
+    monkeypatch.setenv("KFP_POD_NAME", "kubedistill-nightly-7k2xq-3-system-container-impl-1")
+    found = recurring.RecurringRun("5d0e7a52-uid", "kubedistill-nightly-7k2xq", "2026-12-02T02:00:00Z")
+    monkeypatch.setattr(recurring, "find_recurring_run", lambda name: found if name == "wf-scheduled" else None)
+    experiment = f"recurring-{tmp_path.name}"
+    for run_id, workflow in (("r12", "wf-scheduled"), ("r13", "wf-manual")):
+        PipelineContext.of(run_id, "gs://b/runs", run_id, mlflow_server, experiment, "", workflow).pipeline_run(required=True)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    runs = {r.data.tags["kfp.run_id"]: r.data.tags for r in
+            client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}  # fmt: skip
+    assert runs["r12"]["kfp.scheduled_time"] == "2026-12-02T02:00:00Z"
+    assert runs["r12"]["kfp.recurring_run_id"] == "5d0e7a52-uid"
+    assert not {"kfp.scheduled_time", "kfp.recurring_run_id"} & set(runs["r13"])  # a manual run: no schedule

@@ -25,7 +25,7 @@ def test_the_parent_run_is_found_again_by_the_kfp_run_id(mlflow_server):
     target = _target(mlflow_server, "pipeline-parent")
     first = open_pipeline_run(target, kfp_run_id="run-a", kfp_run_name="nightly-1",
                               kfp_run_url="https://kfp.example.com/#/runs/details/run-a",
-                              scheduled_time="2026-12-01T02:00:00Z")  # fmt: skip
+                              scheduled_time="2026-12-01T02:00:00Z", recurring_run_id="9b1f7c2e-swf-uid")  # fmt: skip
     again = open_pipeline_run(target, kfp_run_id="run-a")  # a later step, a retried task, the exit handler
     other = open_pipeline_run(target, kfp_run_id="run-b")
     assert again.run_id == first.run_id != other.run_id and not first.owned_by_kfp
@@ -35,7 +35,8 @@ def test_the_parent_run_is_found_again_by_the_kfp_run_id(mlflow_server):
     assert run.data.tags["kfp.run_id"] == "run-a" and run.data.tags["kfp.run_url"].endswith("/run-a")
     assert "https://kfp.example.com/#/runs/details/run-a" in run.data.tags["mlflow.note.content"]
     assert run.data.tags["kfp.scheduled_time"] == "2026-12-01T02:00:00Z"
-    assert "kfp.scheduled_time" not in client.get_run(other.run_id).data.tags
+    assert run.data.tags["kfp.recurring_run_id"] == "9b1f7c2e-swf-uid"
+    assert not {"kfp.scheduled_time", "kfp.recurring_run_id"} & set(client.get_run(other.run_id).data.tags)
 
     log_to_pipeline_run(first, target, params={"student": "torchvision/resnet18"}, metrics={"linear_top1": 0.5},
                         tags={"kubedistill.alias": "champion"})  # fmt: skip

@@ -47,7 +47,7 @@ class PipelineContext:
     tracking_uri: str = ""
     experiment: str = DEFAULT_EXPERIMENT
     kfp_ui_url: str = ""
-    scheduled_time: str = ""  # a recurring run's scheduled time (dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
+    workflow_name: str = ""  # the run's Argo Workflow (dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER): see recurring.py
     _parent: list = field(default_factory=list, repr=False, compare=False)  # cache: [PipelineRunRef | None]
 
     def __post_init__(self) -> None:
@@ -66,13 +66,13 @@ class PipelineContext:
 
     @classmethod
     def of(cls, run_id: str, output_root: str, run_name: str, tracking_uri: str, experiment: str,
-           kfp_ui_url: str, scheduled_time: str = "") -> PipelineContext:  # fmt: skip
+           kfp_ui_url: str, workflow_name: str = "") -> PipelineContext:  # fmt: skip
         """From the pipeline parameters every component takes, in the order the components declare them.
-        ``scheduled_time``: set by KFP for a recurring run; a placeholder left unresolved (a manual run, or
-        kfp.local) or an empty value means none."""
-        scheduled = "" if scheduled_time.startswith("{{") else scheduled_time
+        ``workflow_name``: the KFP run's Workflow, which tells a recurring run's run from a manual one (the step
+        that opens the MLflow parent run gives it); a placeholder left unresolved (kfp.local) means none."""
+        workflow = "" if workflow_name.startswith("{{") else workflow_name
         return cls(run_id=run_id, output_root=output_root, run_name=run_name, tracking_uri=tracking_uri,
-                   experiment=experiment or DEFAULT_EXPERIMENT, kfp_ui_url=kfp_ui_url, scheduled_time=scheduled)  # fmt: skip
+                   experiment=experiment or DEFAULT_EXPERIMENT, kfp_ui_url=kfp_ui_url, workflow_name=workflow)  # fmt: skip
 
     def refuse_a_local_output_root_on_kfp(self, environ: Mapping[str, str] | None = None) -> None:
         """ConfigError when a KFP backend runs this step and ``output_root`` is a local folder: every task runs in
@@ -119,10 +119,12 @@ class PipelineContext:
         target = self.tracking_target(required=required)
         ref = None
         if target is not None:
+            recurring = self.recurring_run()
             try:
                 ref = open_pipeline_run(
                     target, kfp_run_id=self.run_id, kfp_run_name=self.run_name, kfp_run_url=self.kfp_run_link,
-                    scheduled_time=self.scheduled_time,
+                    scheduled_time=recurring.scheduled_time if recurring else "",
+                    recurring_run_id=recurring.recurring_run_id if recurring else "",
                 )
             except TrackingError as e:
                 if required:
@@ -130,6 +132,15 @@ class PipelineContext:
                 logger.warning("MLflow is off for this step (%s); its outputs are written to %s", e, self.run_uri)
         self._parent.append(ref)
         return ref
+
+    def recurring_run(self, environ: Mapping[str, str] | None = None):
+        """The KFP recurring run this run belongs to (``recurring.RecurringRun``), read from the run's Workflow on
+        a KFP backend; None for a manual run, under kfp.local, or when it cannot be told."""
+        from kubedistill.pipeline.recurring import find_recurring_run
+
+        if not self.workflow_name or not on_kfp_backend(environ):
+            return None
+        return find_recurring_run(self.workflow_name)
 
     @property
     def known_parent(self):

@@ -121,8 +121,8 @@ def _captured_output(log_file: str | Path | None, echo: Callable[[str], None] | 
 
 
 # Placeholders KFP fills in on a cluster that kfp.local does not know (it fails on them): a local run has no
-# scheduled time.
-_UNKNOWN_TO_KFP_LOCAL = {"{{$.pipeline_job_schedule_time_utc}}": ""}
+# Argo Workflow and no scheduled time.
+_UNKNOWN_TO_KFP_LOCAL = {"{{$.pipeline_job_resource_name}}": "", "{{$.pipeline_job_schedule_time_utc}}": ""}
 
 
 def _for_kfp_local(compiled: Path) -> str:

@@ -30,6 +30,7 @@ KFP_RUN_ID_TAG = "kfp.run_id"
 KFP_RUN_NAME_TAG = "kfp.run_name"
 KFP_RUN_URL_TAG = "kfp.run_url"
 KFP_SCHEDULED_TIME_TAG = "kfp.scheduled_time"
+KFP_RECURRING_RUN_TAG = "kfp.recurring_run_id"
 STATE_TAG = "kubedistill.pipeline_state"
 FAILED_STEP_TAG = "kubedistill.failed_step"
 FAILURE_TAG = "kubedistill.failure"
@@ -52,9 +53,12 @@ def open_pipeline_run(
     kfp_run_name: str = "",
     kfp_run_url: str = "",
     scheduled_time: str = "",
+    recurring_run_id: str = "",
     params: Mapping[str, Any] | None = None,
 ) -> PipelineRunRef:
     """The parent run of KFP run ``kfp_run_id``: KFP's plugin's, an existing one tagged with the id, or a new one.
+
+    ``scheduled_time``/``recurring_run_id``: given only for a run of a recurring run (``pipeline.recurring``).
 
     Raises TrackingError when the server cannot be reached (after the target's bounded retries).
     """
@@ -69,8 +73,10 @@ def open_pipeline_run(
         if found is not None:
             return PipelineRunRef(target.tracking_uri, found, owned_by_kfp=False)
         tags = {KFP_RUN_ID_TAG: kfp_run_id, KFP_RUN_NAME_TAG: kfp_run_name, STATE_TAG: "RUNNING"}
-        if scheduled_time:  # a recurring run: which night's run this is
+        if scheduled_time:  # a recurring run's: which night's run this is
             tags[KFP_SCHEDULED_TIME_TAG] = scheduled_time
+        if recurring_run_id:
+            tags[KFP_RECURRING_RUN_TAG] = recurring_run_id
         if kfp_run_url:
             tags[KFP_RUN_URL_TAG] = kfp_run_url
             tags["mlflow.note.content"] = f"KFP run: [{kfp_run_name or kfp_run_id}]({kfp_run_url})"
