@@ -43,8 +43,8 @@ test-slow: setup ## Run only the slow tests
 lint: setup ## Lint with the pinned ruff
 	$(VENV)/bin/ruff check src tests benchmarks components pipelines
 
-compile: setup ## Compile the pipeline to pipelines/distillation_pipeline.yaml (committed; a test checks drift)
-	$(PY) -m pipelines.distillation_pipeline
+compile: setup ## Compile the pipeline to pipelines/distillation_pipeline.yaml (committed; a test checks drift); REGISTRY=... (or KUBEDISTILL_IMAGE_REGISTRY) names both images' registry
+	KUBEDISTILL_IMAGE_REGISTRY=$(or $(REGISTRY),$(KUBEDISTILL_IMAGE_REGISTRY)) $(PY) -m pipelines.distillation_pipeline
 
 demo: setup ## Run the compiled pipeline end to end with kfp.local, a local MLflow and a known teacher (~5 min)
 	$(RUN_ENV) $(PY) -m pipelines.demo $(DEMO_ARGS)
@@ -73,10 +73,10 @@ push: images ## Push both images: make push REGISTRY=europe-docker.pkg.dev/PROJE
 	$(DOCKER) push $$($(call IMAGES_PY,TRAINER_IMAGE))
 	$(DOCKER) push $$($(call IMAGES_PY,COMPONENTS_IMAGE))
 
-submit: setup ## Run the pipeline on $$KFP_ENDPOINT and wait; exit 0 only if it SUCCEEDED (SUBMIT_ARGS="--params-file ...")
+submit: setup ## Run the pipeline on $$KFP_ENDPOINT and wait; exit 0 only if it SUCCEEDED (SUBMIT_ARGS="--params-file ... --namespace ...")
 	$(PY) -m pipelines.submit $(SUBMIT_ARGS)
 
-schedule: setup ## Upload the pipeline as a new version and (re)create the nightly run (SCHEDULE_ARGS="--cron ...")
+schedule: setup ## Upload the pipeline as a new version and (re)create the nightly run (SCHEDULE_ARGS="--cron ... --namespace ...")
 	$(PY) -m pipelines.schedule $(SCHEDULE_ARGS)
 
 bench-train: setup ## Training throughput and peak memory, fp32 vs bf16 teacher (see BENCHMARKS.md)
