@@ -31,11 +31,14 @@ commands:
              kubedistill register model=out/exp/exported/student.pt metrics=out/probe/metrics.json
              name=my-student [min_top1=0.0] [metric=linear_top1] [tracking_uri=http://mlflow:5000]
 
-  launch     build a PyTorchJob or TrainJob for a training run; dry_run=true prints it without a cluster
+  launch     run a training job as a PyTorchJob or TrainJob and follow it; dry_run=true prints it without a cluster
              kubedistill launch backend=pytorchjob|trainjob nodes=2 gpus_per_node=8 image=... namespace=ml
-             [gpu_type=nvidia-l4] [service_account=...] [kueue_queue=...] [mlflow_secret=...] dry_run=true
+             [gpu_type=nvidia-l4] [service_account=kubedistill-trainer] [kueue_queue=...] [mlflow_secret=...]
+             [pending_timeout=1800] [timeout=null] [dry_run=true]
              out=gs://bucket/runs/r1 data=gs://bucket/data/manifest.jsonl model=torchvision/resnet50 ...
-             (every key that is not a launch setting is a train argument)
+             (every key that is not a launch setting is a train argument; timeouts in seconds)
+             node 0's log goes to stdout; the launcher's own lines (created, pending and why, running,
+             succeeded or failed, deleting) to stderr
 
 MLflow: train, probe (and validate) log to MLFLOW_TRACKING_URI or mlflow.tracking_uri=..., each as a nested
 run of MLFLOW_RUN_ID when the pipeline sets it.

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubedistill import cli
 from kubedistill.kube.backends import get_backend
@@ -159,12 +160,12 @@ def test_success_streams_node_0s_log_and_says_each_state(fake, backend):
 
 
 def test_a_trainjob_running_longer_than_the_pending_timeout_is_followed_to_the_end(fake):
-    """Trainer v2.3 never sets a Running condition: a TrainJob that trains for 3 s with a 1 s pending timeout is
+    """Trainer v2.3 never sets a Running condition: a TrainJob that trains for 4 s with a 1.5 s pending timeout is
     running (jobsStatus ready), not deleted as 'did not start'."""
     lines = [f"step {i}/12" for i in range(1, 13)]
-    fake.on_create = _play(fake, "trainjob", log=lines, delay=0.2, run_s=3.0)
+    fake.on_create = _play(fake, "trainjob", log=lines, delay=0.2, run_s=4.0)
     output, status = io.StringIO(), io.StringIO()
-    settings = JobSettings(namespace="ml", pending_timeout=1)
+    settings = JobSettings(namespace="ml", pending_timeout=1.5)
     _launcher(fake, "trainjob", settings=settings, output=output, status=status).run(REQUEST)
     assert output.getvalue().splitlines() == lines
     assert fake.count("DELETE") == 0 and fake.has_job("kd-run1")
@@ -551,3 +552,48 @@ KubeLauncher(get_backend("pytorchjob"), JobSettings(namespace="ml"), cluster=Clu
     assert "stopped by SIGTERM (KFP Terminate, or the pod is being stopped); the job was deleted" in output
     assert "launcher: deleting PyTorchJob ml/kd-run1" in output  # said on stderr as it happens
     assert fake.count("DELETE", "/pytorchjobs/kd-run1") == 1
+
+
+# ---------------------------------------------------------------------- what the launcher may do
+
+
+def _permission(method: str, path: str) -> tuple[str, str, str]:
+    """(apiGroup, resource, verb) the API server checks for a request (RBAC's request attributes)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(path)
+    parts = url.path.strip("/").split("/")
+    group = "" if parts[0] == "api" else parts[1]
+    rest = parts[parts.index("namespaces") + 2 :]
+    resource = rest[0] + ("/" + rest[2] if len(rest) > 2 else "")
+    if method == "GET":
+        verb = "watch" if "watch=True" in url.query else "get" if len(rest) > 1 else "list"
+    else:
+        verb = {"POST": "create", "DELETE": "delete"}[method]
+    return group, resource, verb
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_launchers_role_grants_every_request_it_makes(fake, backend):
+    """manifests/base/rbac/role.yaml against the requests of a run that reads the launching pod, reports a
+    pending reason, follows the log, fails (the failing pod's log tail), and a retry that replaces the failed job."""
+    environ = _kfp_pod(fake, "launcher-pod", "pod-uid-3")
+
+    def act(job):
+        operator = Operator(fake, backend)
+        operator.created()
+        fake.add_event("Pod", operator.node0, "FailedScheduling", UNSCHEDULABLE)
+        _play(fake, backend, log=["step 1"], exit_code=1, delay=0.1)(job)
+
+    fake.on_create = act
+    for _ in range(2):  # the second run meets the failed job (409), deletes it and creates it again
+        with pytest.raises(LaunchError, match="failed"):
+            _launcher(fake, backend, environ=environ).run(REQUEST)
+    role = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests/base/rbac/role.yaml").read_text())
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    made = {_permission(method, path) for method, path in fake.requests}
+    group = get_backend(backend).group
+    plural = get_backend(backend).plural
+    assert {(group, plural, v) for v in ("create", "get", "watch", "delete")} <= made
+    assert {("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get"), ("", "events", "list")} <= made
+    assert made <= granted, made - granted

@@ -3,7 +3,9 @@
 A launcher takes a ``LaunchRequest`` (the train arguments and the process layout) and returns only when the
 job succeeded; it raises ``LaunchError`` otherwise (never reports success on a failed job). ``local`` runs
 torchrun on this machine (one torchrun agent per "node", on 127.0.0.1): the demo, tests and laptops.
-``pytorchjob`` and ``trainjob`` run it as a job on the cluster (``kubedistill.kube``).
+``pytorchjob`` and ``trainjob`` run it as a job on the cluster (``kubedistill.kube``): node 0's log goes to
+stdout, and every change of the job's state with its reason (created, pending and why, running, succeeded,
+failed, deleting) to stderr, which is what the CLI user and a KFP component's log see.
 """
 
 from __future__ import annotations
