@@ -8,5 +8,6 @@
 Both run the same bare ``torchrun -m kubedistill train key=value ...`` in every pod: the operator sets
 PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT and PET_NPROC_PER_NODE, which torchrun reads.
 The pod settings both share (GPUs, node selector and tolerations, /dev/shm, Istio off, Kueue queue, service
-account, MLflow environment, the owner reference to the KFP pod) are built once, in ``kube.pod``.
+account, MLflow environment) are built once, in ``kube.pod``; the owner (the KFP run's Argo Workflow) is
+resolved by ``kube.owner``, node 0's log followed by ``kube.logs``, and the job by ``kube.launcher``.
 """
