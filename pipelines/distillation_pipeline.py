@@ -30,8 +30,8 @@ RESOURCES = {
     "finalize": {"cpu": ("250m", "1"), "memory": ("512Mi", "2Gi")},
 }
 # The cluster autoscaler must not move the distill pod to scale a node down while it follows a training job
-# (kfp-kubernetes pod metadata; KFP's backend applies it from 2.14: backend/src/v2/compiler/argocompiler/container.go,
-# extendPodMetadata).
+# (kfp-kubernetes pod metadata, which KFP's backend puts on the task's pod: backend/src/v2/compiler/argocompiler/
+# container.go, extendPodMetadata).
 NOT_EVICTABLE = ("cluster-autoscaler.kubernetes.io/safe-to-evict", "false")
 
 
