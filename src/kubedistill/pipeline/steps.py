@@ -203,9 +203,10 @@ def distill(
     pipeline sets: out, data, model, epochs, batch size, the process layout, MLflow). The whole configuration
     is checked here, before anything is launched. Training always resumes from the run's own checkpoints, so
     a retried task continues where the failed attempt stopped. ``launch_args``: the cluster launchers' settings,
-    space-separated key=value (``service_account=... kueue_queue=... mlflow_secret=... namespace=...``: see
-    ``kubedistill.kube.settings.JobSettings``); ``gpu_type`` and ``trainer_image`` (the training pods' image,
-    fixed when the pipeline is compiled; empty: JobSettings' default) are their own parameters.
+    space-separated key=value (``service_account=... kueue_queue=... mlflow_secret=... namespace=...
+    pending_timeout=... timeout=...``, the last two in seconds: see ``kubedistill.kube.settings.JobSettings``);
+    ``gpu_type`` and ``trainer_image`` (the training pods' image, fixed when the pipeline is compiled; empty:
+    JobSettings' default) are their own parameters.
     """
     from kubedistill.launch import LaunchRequest, get_launcher, job_name
 
