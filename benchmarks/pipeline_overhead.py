@@ -31,7 +31,14 @@ from common import cpu_name
 
 from kubedistill.devtools.mlflow_server import MlflowServer
 from kubedistill.pipeline.local import run_locally
-from pipelines.demo import SMALL_DATA_ARGS, pipeline_arguments, prepare
+from pipelines.demo import (
+    IMAGE_SIZE,
+    SMALL_DATA_ARGS,
+    TEACHER_EPOCHS,
+    TEACHER_WIDTH,
+    pipeline_arguments,
+    prepare,
+)
 from pipelines.distillation_pipeline import COMPILED
 
 TASKS = {"validate-dataset": "validate", "distill": "distill", "linear-probe": "probe", "register-model": "register",
@@ -70,8 +77,9 @@ def by_hand(args, data: Path, teacher: Path, mlflow_uri: str) -> dict[str, float
     seconds = {"validate": timed([*cli, "validate", f"data={data / 'train'}", f"out={out / 'validate'}", *tracking])}
     train = [
         f"out={out / 'distill'}", f"data={out / 'validate' / 'manifest.jsonl'}", "model=torchvision/resnet18",
-        f"method_args.teacher={teacher}", f"epochs={args.epochs}", "batch_size=128", "transform_args.image_size=[64,64]",
-        "overwrite=true", *SMALL_DATA_ARGS.split(), *tracking,
+        f"method_args.teacher={teacher}", f"epochs={args.epochs}", "batch_size=128",
+        f"transform_args.image_size=[{args.image_size},{args.image_size}]", "overwrite=true", *SMALL_DATA_ARGS.split(),
+        *tracking,
     ]  # fmt: skip
     seconds["distill"] = timed([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
                                 "-m", "kubedistill", "train", *train])  # fmt: skip
@@ -91,7 +99,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench-pipeline"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
+    parser.add_argument("--teacher-width", type=int, default=TEACHER_WIDTH)
     parser.add_argument("--min-top1", type=float, default=0.3)
     args = parser.parse_args()
     args.out = args.out.resolve()

@@ -3,7 +3,7 @@
 1. Data: scikit-learn's digits rendered on textured 32x32 canvases (``kubedistill.devtools.digits``): 2,694
    train and 450 test images, one folder per class. The labels are used only by the probe and the teacher.
 2. Teacher: a small CNN trained WITH labels on the train images (``kubedistill.devtools.known_teacher``), saved
-   as TorchScript, trained once and cached (about a minute). Pretrained DINOv2 weights cannot be downloaded
+   as TorchScript, trained once and cached (under a minute). Pretrained DINOv2 weights cannot be downloaded
    offline; a teacher that knows the data shows distillation working, where a random one shows only plumbing.
 3. A local ``mlflow server`` (sqlite), started and stopped here.
 4. ``pipelines/distillation_pipeline.yaml`` run by kfp.local: validate -> distill (launcher=local: torchrun
@@ -36,6 +36,11 @@ SMALL_DATA_ARGS = (
     "transform_args.random_gray_scale=0 transform_args.random_flip.horizontal_prob=0 log_every_n_steps=20"
 )
 RENDER_SIZE = 32
+# Sized for 2 CPU cores without native bf16 (fp32, AVX2), first run included: the teacher trains in ~45 s there
+# and the 252 steps at 48 px take ~3 min (at 64 px, ~4.7 min; BENCHMARKS.md, "make demo").
+IMAGE_SIZE = 48
+TEACHER_WIDTH = 16
+TEACHER_EPOCHS = 20
 MODEL_NAME = "kubedistill-demo-student"
 
 
@@ -50,7 +55,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     say(f"data: {counts['train']} train / {counts['test']} test images of rendered digits in {data}")
     teacher = cache_dir() / "teacher.pt"
     started = time.monotonic()
-    info = cached_teacher(data, teacher, image_size=RENDER_SIZE, epochs=args.teacher_epochs, log=lambda line: None)
+    info = cached_teacher(data, teacher, image_size=RENDER_SIZE, epochs=args.teacher_epochs, width=args.teacher_width,
+                          log=lambda line: None)  # fmt: skip
     took = time.monotonic() - started
     say(f"teacher: trained with labels ({info['test_accuracy']:.3f} on test with its own classifier; "
         f"{'trained now in ' + format(took, '.0f') + ' s' if took > 2 else 'cached'}): {teacher}")  # fmt: skip
@@ -67,7 +73,7 @@ def pipeline_arguments(args: argparse.Namespace, data: Path, teacher: Path, mlfl
         "teacher": str(teacher),
         "epochs": args.epochs,
         "batch_size": 128,
-        "image_size": 64,
+        "image_size": args.image_size,
         "nodes": 1,
         "gpus_per_node": args.processes,
         "launcher": "local",
@@ -85,7 +91,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where everything is written")
     parser.add_argument("--epochs", type=int, default=12, help="distillation epochs (21 steps each)")
     parser.add_argument("--processes", type=int, default=2, help="training processes (torchrun, gloo)")
-    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="the training views' side in pixels")
+    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
+    parser.add_argument("--teacher-width", type=int, default=TEACHER_WIDTH,
+                        help="channels of the known teacher's first stage (it doubles at each of the 4)")
     parser.add_argument("--min-top1", type=float, default=0.3, help="the registration gate")
     args = parser.parse_args()
     args.out = args.out.resolve()

@@ -88,7 +88,7 @@ def distillation_pipeline(
         gpu_type: The GPU the training pods ask for (e.g. nvidia-l4 on GKE); empty for any. Not used by the local launcher.
         launcher: Where training runs: pytorchjob (Training Operator v1), trainjob (Kubeflow Trainer v2.3) or local (torchrun inside the distill task, with its CPU and memory: for kfp.local and small runs).
         train_args: More kubedistill train arguments, space-separated key=value, e.g. "optim=adamw optim_args.lr=0.001".
-        launch_args: The cluster launchers' settings, space-separated key=value, e.g. "service_account=kd-trainer kueue_queue=gpu mlflow_secret=mlflow-credentials" (not gpu_type or image: they are parameters of their own).
+        launch_args: The cluster launchers' settings, space-separated key=value, e.g. "kueue_queue=gpu mlflow_secret=mlflow-credentials pending_timeout=7200" (not gpu_type or image: they are parameters of their own; the pods run as kubedistill-trainer unless service_account=... says otherwise).
         trainer_image: The image of the training pods (PyTorchJob/TrainJob); its default is fixed when the pipeline is compiled (make compile, KUBEDISTILL_IMAGE_REGISTRY). Not used by the local launcher.
         max_bad_fraction: Validation fails the run when more than this share of the images is bad.
         mlflow_tracking_uri: The MLflow server, e.g. http://kubedistill-mlflow.kubeflow.svc.cluster.local:5000 (the Service of manifests/, in the namespace it was applied to); empty for the MLFLOW_TRACKING_URI of the environment (KFP's MLflow plugin sets it).

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from kubedistill.pipeline.local import PipelineFailedError, run_locally
@@ -56,6 +57,26 @@ def _task_outputs(pipeline_root: Path) -> dict[str, dict]:
 def _artifact(outputs: dict, task: str, name: str) -> dict:
     (artifact,) = outputs[task]["artifacts"][name]["artifacts"]
     return artifact
+
+
+def _with_backoff(compiled: Path, path: Path, backoff: str) -> Path:
+    """A copy of the compiled pipeline whose retry policies wait ``backoff`` between tries (factor 1)."""
+    documents = list(yaml.safe_load_all(compiled.read_text()))
+    policies = _retry_policies(documents)
+    assert policies and all(p["maxRetryCount"] == 2 for p in policies)
+    for policy in policies:
+        policy.update(backoffDuration=backoff, backoffFactor=1.0)
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return path
+
+
+def _retry_policies(node) -> list[dict]:
+    if isinstance(node, dict):
+        found = [node["retryPolicy"]] if isinstance(node.get("retryPolicy"), dict) else []
+        return found + [p for value in node.values() for p in _retry_policies(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _retry_policies(value)]
+    return []
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +164,12 @@ def test_a_failing_step_fails_the_run_with_its_reason_and_the_exit_handler_runs(
     for i in range(6):  # ... and 6 that are not images: a third of the data is bad
         (data / "train" / "class0" / f"broken{i}.jpg").write_bytes(b"not a jpeg at all" * 10)
     arguments = _arguments(tmp_path, labeled, mlflow_server, dataset_uri=str(data / "train"))
+    # The committed DAG with its retries as compiled (2 per task), only the pauses between them cut from 20 s and
+    # 40 s to 1 s each: kfp.local sleeps them for real, and what is checked is what the retries do.
+    package = _with_backoff(COMPILED, tmp_path / "pipeline.yaml", "1s")
 
     with pytest.raises(PipelineFailedError, match=r"at step validate: .*not_an_image|at step validate: .*bad") as error:
-        run_locally(COMPILED, arguments, pipeline_root=tmp_path / "kfp", log_file=tmp_path / "pipeline.log")
+        run_locally(package, arguments, pipeline_root=tmp_path / "kfp", log_file=tmp_path / "pipeline.log")
 
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert str(run_dir) in str(error.value)
