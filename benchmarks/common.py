@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
 
 def cpu_name() -> str:
-    """The CPU's model name, for the "machine" line every benchmark table carries."""
+    """The CPU's model name, for the "machine" line every benchmark table carries, with the oneDNN cap when one is
+    set (``make ... CPU=avx2``: the figures are then those of AVX2 kernels, bf16 emulated)."""
+    name = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{name}, capped at ONEDNN_MAX_CPU_ISA={cap}" if cap else name
 
 
 def default_variants(variants: dict, precision_of) -> list[str]:
