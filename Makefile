@@ -16,8 +16,11 @@ LIGHTLY_STAMP := $(LIGHTLY_VENV)/.stamp-lightly
 PYTEST_ARGS ?=
 # CPU=avx2 runs tests, the demo and the benchmarks as on a CPU with AVX2 only (no AVX-512, no native bf16): oneDNN
 # and ATen kernels are capped at AVX2, so bf16 is emulated and precision=auto picks fp32. Empty: the CPU as it is.
+# torch.compile's kernels go to a cache of their own then: inductor's cache does not tell the two apart, and a
+# kernel cached under the cap aborted the process when loaded without it (measured, torch 2.14.1).
 CPU ?=
-RUN_ENV := $(if $(filter avx2,$(CPU)),ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2,$(if $(CPU),$(error CPU=$(CPU): only CPU=avx2 or empty),))
+AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 TORCHINDUCTOR_CACHE_DIR=$${TMPDIR:-/tmp}/torchinductor_$$(id -un)_avx2
+RUN_ENV := $(if $(filter avx2,$(CPU)),$(AVX2_ENV),$(if $(CPU),$(error CPU=$(CPU): only CPU=avx2 or empty),))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-slow lint compile demo wheel images push submit schedule bench-train bench-probe bench-quality bench-speed bench-logging clean
