@@ -43,15 +43,6 @@ native_bf16 = pytest.mark.skipif(
 )
 # What `make test CPU=avx2` sets: oneDNN and ATen kernels capped at AVX2, as on a CPU without AVX-512.
 AVX2_ONLY_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-# torch.compile's cache does not key its kernels by these caps: a kernel cached under one setting aborted the process
-# when loaded under the other. Capped runs started without `make` (the variables set by hand) get a cache of their own.
-if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-    import getpass
-    import tempfile
-
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
-        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}"
-    )
 
 
 def write_images(folder: Path, count: int, *, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Path]:
